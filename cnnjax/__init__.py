@@ -1,0 +1,14 @@
+"""cnnjax: the classic convolutional-network curriculum in JAX/Flax."""
+
+from cnnjax import xla_env as _xla_env
+
+_xla_env.apply_cpu_defaults()
+
+__version__ = "0.1.0"
+
+
+def load(workdir, step=None):
+    """Loads a trained run for notebooks: `.model`, `.variables`, `.config`, `.predict(images)`."""
+    from cnnjax.notebook import load as _load
+
+    return _load(workdir, step=step)

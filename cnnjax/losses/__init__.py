@@ -1,0 +1,1 @@
+"""Losses: pure functions (predictions, targets) -> (scalar, aux dict)."""

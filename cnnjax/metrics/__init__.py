@@ -1,0 +1,1 @@
+"""Exact metric accumulators: sums and counts, never averages of averages."""

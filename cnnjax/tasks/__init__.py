@@ -1,0 +1,1 @@
+"""Tasks: loss + metrics + post-processing for each problem, as pure jittable steps."""

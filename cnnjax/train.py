@@ -1,0 +1,43 @@
+"""Command line: python -m cnnjax.train --config=configs/NAME.py[:args] --workdir=DIR."""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cnnjax.errors import EXIT_BAD_INPUT, ConfigError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv):
+    """absl parsing, but bad flags or config values exit with code 2 and a clear message."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, ConfigError, AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def main(argv):
+    del argv
+    from absl import logging
+
+    from cnnjax import trainer
+
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+
+    try:
+        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    import cnnjax  # noqa: F401  (sets XLA defaults before JAX starts)
+
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,219 @@
+"""One `train_and_evaluate(config, workdir)` for every run; tests and notebooks import it.
+
+Phases: set up (validate, open data, build model) -> initialise or resume -> train loop
+(log, evaluate, checkpoint) -> finish. Steps are the pure functions of `cnnjax.tasks`,
+jitted once over a ('data',) mesh.
+"""
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from cnnjax import models, optim, sharding, validate, workdir as wd
+from cnnjax.checkpointing import Checkpointer, abstract_like
+from cnnjax.console import ProgressDisplay, format_duration, startup_summary
+from cnnjax.data import open_sources
+from cnnjax.data import pipeline
+from cnnjax.metrics.classification import Sums
+from cnnjax.tasks import classification as task
+from cnnjax.writers import MetricWriter
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything set up before the first step."""
+
+    config: object
+    workdir: Path
+    mesh: object
+    info: object
+    train_source: object
+    eval_source: object
+    model: object
+    tx: object
+    schedule: object
+    num_steps: int
+    is_main: bool
+
+
+def num_train_steps(config, num_train: int) -> int:
+    if config.train.num_epochs > 0:
+        return config.train.num_epochs * max(1, num_train // config.data.batch_size)
+    return config.train.num_steps
+
+
+def setup(config, workdir) -> Run:
+    """All checks that can fail on bad input happen here, before anything compiles."""
+    workdir = Path(workdir)
+    validate.check_values(config, jax.process_count(), jax.device_count())
+    train_src, eval_src, info = open_sources(config.data)
+    model = models.create(config.model.name, num_classes=info.num_classes, **config.model.kwargs)
+    validate.check_model_input(model, config.data.image_size, info.image_shape[-1])
+    diffs = wd.check_and_write(workdir, config, write=jax.process_index() == 0)
+    if diffs and jax.process_index() == 0:
+        print("resuming with harmless config changes: " + "; ".join(diffs), flush=True)
+        wd.check_and_write(workdir, config, write=False)
+        (workdir / "config.json").write_text(
+            __import__("json").dumps(wd.config_dict(config), indent=2, sort_keys=True)
+        )
+    num_steps = num_train_steps(config, info.num_train)
+    tx, schedule = optim.create(config.optim, num_steps)
+    return Run(
+        config=config,
+        workdir=workdir,
+        mesh=sharding.data_mesh(),
+        info=info,
+        train_source=train_src,
+        eval_source=eval_src,
+        model=model,
+        tx=tx,
+        schedule=schedule,
+        num_steps=num_steps,
+        is_main=jax.process_index() == 0,
+    )
+
+
+def init_state(run: Run):
+    """Fresh train state, replicated over the mesh (identical on every process)."""
+    c = run.config
+    shape = (c.data.image_size, c.data.image_size, run.info.image_shape[-1])
+    init = functools.partial(task.create_state, run.model, run.tx, image_shape=shape)
+    rng = jax.random.PRNGKey(c.train.seed)
+    return jax.jit(init, out_shardings=sharding.replicated(run.mesh))(rng)
+
+
+def compile_steps(run: Run, state):
+    repl, data = sharding.replicated(run.mesh), sharding.batch_sharded(run.mesh)
+    train_step = jax.jit(
+        functools.partial(task.train_step, label_smoothing=run.config.train.label_smoothing),
+        in_shardings=(repl, data),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(task.eval_step, in_shardings=(repl, data), out_shardings=repl)
+    return train_step, eval_step
+
+
+def evaluate(run: Run, eval_step, state) -> dict:
+    """Exact metrics over the whole (padded) eval split."""
+    ds, _ = pipeline.eval_dataset(
+        run.eval_source,
+        run.config.data,
+        run.info,
+        global_batch=validate.eval_batch(run.config),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    sums = Sums()
+    for batch in ds:
+        sums.add(eval_step(state, sharding.to_global(batch, run.mesh)))
+    return sums.classification()
+
+
+def _summary(run: Run, state, start_step: int) -> dict:
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    c = run.config
+    return {
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind} "
+        f"({jax.process_count()} process(es))",
+        "model": f"{c.model.name}  {n_params:,} parameters",
+        "data": f"{run.info.name}: {run.info.num_train:,} train / {run.info.num_eval:,} eval, "
+        f"{run.info.num_classes} classes, {c.data.image_size}px, batch {c.data.batch_size}",
+        "steps": f"{run.num_steps:,} ({run.num_steps * c.data.batch_size / run.info.num_train:.1f}"
+        f" epochs), resuming at {start_step}" if start_step else f"{run.num_steps:,} "
+        f"({run.num_steps * c.data.batch_size / run.info.num_train:.1f} epochs)",
+        "workdir": str(run.workdir),
+    }
+
+
+def _mean_metrics(window: list[dict]) -> dict:
+    host = jax.device_get(window)
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
+    run = setup(config, workdir)
+    c = run.config
+    ckpt = Checkpointer(
+        run.workdir / "checkpoints", keep=c.train.keep_checkpoints, best_metric=c.eval.best_metric
+    )
+    state = init_state(run)
+    train_ds = pipeline.train_dataset(
+        run.train_source,
+        c.data,
+        run.info,
+        seed=c.train.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    data_iter = iter(train_ds)
+    start = ckpt.latest_step() or 0
+    if start:
+        state, data_state = ckpt.restore(start, abstract_like(state, sharding.replicated(run.mesh)))
+        data_iter.set_state(data_state)
+    train_step, eval_step = compile_steps(run, state)
+    writer = MetricWriter(run.workdir, enabled=run.is_main)
+    try:
+        if start >= run.num_steps:
+            if run.is_main:
+                print(f"run in {run.workdir} already finished at step {start}; nothing to do")
+            return _last_eval(run.workdir)
+        startup_summary(_summary(run, state, start), enabled=run.is_main)
+        return _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start)
+    finally:
+        ckpt.close()
+        writer.close()
+
+
+def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start) -> dict:
+    c = run.config
+    progress = ProgressDisplay(run.num_steps, start, enabled=run.is_main)
+    window, t_start, eval_metrics = [], time.perf_counter(), {}
+    try:
+        for step in range(start + 1, run.num_steps + 1):
+            batch = sharding.to_global(next(data_iter), run.mesh)
+            state, metrics = train_step(state, batch)
+            window.append(metrics)
+            progress.step(step)
+            if step % c.train.log_every_steps == 0 or step == run.num_steps:
+                logged = _mean_metrics(window)
+                window = []
+                logged["learning_rate"] = float(run.schedule(step - 1))
+                logged["steps_per_sec"] = progress.rate(step)
+                writer.write(step, "train", logged)
+                progress.log(step, {k: logged[k] for k in ("loss", "accuracy")})
+            final = step == run.num_steps
+            if step % c.eval.every_steps == 0 or final:
+                eval_metrics = evaluate(run, eval_step, state)
+                writer.write(step, "eval", eval_metrics)
+                progress.message(
+                    f"eval @ {step}: "
+                    + " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items() if k != "num_examples")
+                )
+            if step % c.train.checkpoint_every_steps == 0 or final:
+                metrics = eval_metrics if step % c.eval.every_steps == 0 or final else None
+                ckpt.save(step, state, data_iter.get_state(), metrics=metrics)
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - t_start
+    if run.is_main:
+        print(
+            f"done: {run.num_steps} steps in {format_duration(elapsed)}; "
+            f"eval accuracy {eval_metrics.get('accuracy', float('nan')):.4f}",
+            flush=True,
+        )
+    return eval_metrics
+
+
+def _last_eval(workdir) -> dict:
+    from cnnjax.writers import read_metrics
+
+    rows = [r for r in read_metrics(workdir) if r.get("split") == "eval"]
+    if not rows:
+        return {}
+    return {k: v for k, v in rows[-1].items() if k not in ("step", "split")}

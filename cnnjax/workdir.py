@@ -1,0 +1,67 @@
+"""The workdir's `config.json`: written once, checked on every resume (read as data only)."""
+
+import json
+from pathlib import Path
+
+import ml_collections
+
+from cnnjax.errors import ConfigError
+
+# Changing any of these under a run makes its checkpoints meaningless for the new config.
+INCOMPATIBLE = ("data.name", "data.image_size", "model.name", "model.kwargs")
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    return d
+
+
+def config_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def check_and_write(workdir: Path, config, *, write: bool = True) -> list[str]:
+    """Raises ConfigError if `workdir` holds a run whose config differs in what matters.
+
+    Returns the harmless differences (e.g. eval frequency), one line each, for logging.
+    """
+    path = workdir / "config.json"
+    new = config_dict(config)
+    if not path.exists():
+        if write:
+            workdir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(new, indent=2, sort_keys=True))
+            tmp.replace(path)
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); move it aside to start anew") from e
+    bad = [k for k in INCOMPATIBLE if _get(old, k) != _get(new, k)]
+    if bad:
+        diffs = "; ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in bad)
+        raise ConfigError(
+            f"workdir {workdir} holds a run with an incompatible config ({diffs}). Use another "
+            "--workdir, or restore those values to resume."
+        )
+    return _diff(old, new)
+
+
+def _diff(old, new, prefix="") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise ConfigError(f"{workdir} has no config.json: not a cnnjax run directory")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))

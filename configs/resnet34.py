@@ -1,0 +1,32 @@
+"""ResNet-34 (ImageNet-style 7x7 stem) on the embedded handwritten digits.
+
+    ./launch.sh train --config=configs/resnet34.py --workdir=runs/resnet34
+
+reaches >= 97% test accuracy on digits (measured: see README results table) in a few
+minutes on a 2-core CPU. Arguments: `:smoke` (seconds, for tests).
+"""
+
+from cnnjax import configlib
+
+
+def get_config(arg=None):
+    tokens = configlib.parse_arg(arg, {"smoke"})
+    c = configlib.base_config()
+    c.model.name = "resnet34"
+    c.data.name = "digits"
+    c.data.image_size = 32
+    c.data.batch_size = 128
+    c.data.aug.crop_padding = 2
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.1
+    c.optim.weight_decay = 5e-4
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 50
+    c.train.num_steps = 800
+    c.train.label_smoothing = 0.1
+    c.train.log_every_steps = 50
+    c.train.checkpoint_every_steps = 200
+    c.eval.every_steps = 200
+    if "smoke" in tokens:
+        configlib.apply_smoke(c)
+    return c.lock()
