@@ -9,11 +9,21 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=${CNNJAX_VENV:-.venv}
 
+# True if every extra in comma list $2 is in comma list $1.
+has_extras() {
+  local e
+  for e in ${2//,/ }; do [[ ",$1," == *",$e,"* ]] || return 1; done
+}
+
+# Installs cnnjax with extras $1 (default: dev) unless the stamp says that pyproject.toml
+# is unchanged since an install with those extras (or more). Stamp: "<sha1> <extras>".
 bootstrap() {
+  local extras=${1:-dev}
   local stamp="$VENV/.cnnjax-installed"
-  local want
+  local want have=""
   want=$(cat pyproject.toml | sha1sum | cut -d' ' -f1)
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  [[ -f "$stamp" ]] && have=$(cat "$stamp")
+  if [[ "${have%% *}" == "$want" && "$have" == *" "* ]] && has_extras "${have#* }" "$extras"; then
     return
   fi
   if [[ ! -x "$VENV/bin/python" ]]; then
@@ -21,9 +31,9 @@ bootstrap() {
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2
   fi
-  echo "[launch] installing cnnjax and its dependencies into $VENV" >&2
-  "$VENV/bin/python" -m pip install -q -e '.[dev]' >&2
-  echo "$want" >"$stamp"
+  echo "[launch] installing cnnjax[$extras] and its dependencies into $VENV" >&2
+  "$VENV/bin/python" -m pip install -q -e ".[$extras]" >&2
+  echo "$want $extras" >"$stamp"
 }
 
 usage() {
@@ -32,7 +42,7 @@ usage: ./launch.sh COMMAND [ARGS...]
 commands:
   train     python -m cnnjax.train ARGS      (train from a config; resumes by itself)
   evaluate  python -m cnnjax.evaluate ARGS   (test metrics of a workdir as JSON)
-  test      ruff + the pytest suite          (what CI runs)
+  test      ruff + the pytest suite          (what CI runs; installs the torch extra)
   python    run the project's Python with ARGS
 USAGE
 }
@@ -44,7 +54,7 @@ case "$cmd" in
   train) bootstrap; exec "$VENV/bin/python" -m cnnjax.train "$@" ;;
   evaluate) bootstrap; exec "$VENV/bin/python" -m cnnjax.evaluate "$@" ;;
   test)
-    bootstrap
+    bootstrap dev,torch  # torch/torchvision: the weight-conversion parity tests
     "$VENV/bin/ruff" check cnnjax configs tests experiments
     exec "$VENV/bin/python" -m pytest "$@" ;;
   python) bootstrap; exec "$VENV/bin/python" "$@" ;;

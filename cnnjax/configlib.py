@@ -61,6 +61,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 500
     c.eval.best_metric = "accuracy"
+
+    # Pretrained start (cnnjax/init_from.py); an empty checkpoint trains from scratch.
+    c.init = ml_collections.ConfigDict()
+    c.init.checkpoint = ""  # local torchvision state dict (.safetensors or .pth)
+    c.init.source = "torchvision"
+    c.init.exclude = ("fc",)  # modules kept freshly initialised (the head)
+    c.init.freeze_backbone = False  # True: train only init.exclude (a linear probe)
     return c
 
 

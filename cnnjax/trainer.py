@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cnnjax import models, optim, sharding, validate, workdir as wd
+from cnnjax import init_from, models, optim, sharding, validate, workdir as wd
 from cnnjax.checkpointing import Checkpointer, abstract_like
 from cnnjax.console import ProgressDisplay, format_duration, startup_summary
 from cnnjax.data import open_sources
@@ -83,7 +83,8 @@ def init_state(run: Run):
     shape = (c.data.image_size, c.data.image_size, run.info.image_shape[-1])
     init = functools.partial(task.create_state, run.model, run.tx, image_shape=shape)
     rng = jax.random.PRNGKey(c.train.seed)
-    return jax.jit(init, out_shardings=sharding.replicated(run.mesh))(rng)
+    state = jax.jit(init, out_shardings=sharding.replicated(run.mesh))(rng)
+    return init_from.apply_init(c, state)  # pretrained weights from config.init, if any
 
 
 def compile_steps(run: Run, state):
