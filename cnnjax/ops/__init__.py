@@ -1,0 +1,1 @@
+"""Pure array and integer helpers shared by models, losses and tools."""
