@@ -46,26 +46,27 @@ def num_train_steps(config, num_train: int) -> int:
     return config.train.num_steps
 
 
-def setup(config, workdir) -> Run:
-    """All checks that can fail on bad input happen here, before anything compiles."""
+def setup(config, workdir, mesh=None) -> Run:
+    """All checks that can fail on bad input happen here, before anything compiles.
+
+    `mesh` defaults to all devices on a ('data',) axis.
+    """
     workdir = Path(workdir)
-    validate.check_values(config, jax.process_count(), jax.device_count())
+    mesh = sharding.data_mesh() if mesh is None else mesh
+    validate.check_values(config, jax.process_count(), mesh.size)
     train_src, eval_src, info = open_sources(config.data)
     model = models.create(config.model.name, num_classes=info.num_classes, **config.model.kwargs)
     validate.check_model_input(model, config.data.image_size, info.image_shape[-1])
     diffs = wd.check_and_write(workdir, config, write=jax.process_index() == 0)
     if diffs and jax.process_index() == 0:
         print("resuming with harmless config changes: " + "; ".join(diffs), flush=True)
-        wd.check_and_write(workdir, config, write=False)
-        (workdir / "config.json").write_text(
-            __import__("json").dumps(wd.config_dict(config), indent=2, sort_keys=True)
-        )
+        wd.write_config(workdir, config)
     num_steps = num_train_steps(config, info.num_train)
     tx, schedule = optim.create(config.optim, num_steps)
     return Run(
         config=config,
         workdir=workdir,
-        mesh=sharding.data_mesh(),
+        mesh=mesh,
         info=info,
         train_source=train_src,
         eval_source=eval_src,
@@ -119,7 +120,7 @@ def _summary(run: Run, state, start_step: int) -> dict:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     c = run.config
     return {
-        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind} "
+        "devices": f"{run.mesh.size} x {jax.devices()[0].device_kind} "
         f"({jax.process_count()} process(es))",
         "model": f"{c.model.name}  {n_params:,} parameters",
         "data": f"{run.info.name}: {run.info.num_train:,} train / {run.info.num_eval:,} eval, "

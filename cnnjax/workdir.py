@@ -30,10 +30,7 @@ def check_and_write(workdir: Path, config, *, write: bool = True) -> list[str]:
     new = config_dict(config)
     if not path.exists():
         if write:
-            workdir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(new, indent=2, sort_keys=True))
-            tmp.replace(path)
+            write_config(workdir, config)
         return []
     try:
         old = json.loads(path.read_text())
@@ -47,6 +44,14 @@ def check_and_write(workdir: Path, config, *, write: bool = True) -> list[str]:
             "--workdir, or restore those values to resume."
         )
     return _diff(old, new)
+
+
+def write_config(workdir: Path, config) -> None:
+    """Atomically (re)writes `workdir/config.json`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = workdir / "config.json.tmp"
+    tmp.write_text(json.dumps(config_dict(config), indent=2, sort_keys=True))
+    tmp.replace(workdir / "config.json")
 
 
 def _diff(old, new, prefix="") -> list[str]:

@@ -71,8 +71,14 @@ def preprocess_for(data_cfg, info: DataInfo, train: bool) -> Preprocess:
     )
 
 
-def _with_index(i, example):
-    return {**example, "index": i}
+@dataclasses.dataclass(frozen=True)
+class _WithIndex:
+    """Adds the record id; later epochs reach the source with indices offset by epoch * n."""
+
+    num_records: int
+
+    def __call__(self, i, example):
+        return {**example, "index": i % self.num_records}
 
 
 def _read_options(data_cfg):
@@ -86,7 +92,7 @@ def train_dataset(
 ) -> grain.IterDataset:
     """Endless stream of local train batches; reshuffled every epoch, deterministic by seed."""
     local_batch = data_cfg.batch_size // process_count
-    ds = grain.MapDataset.source(source).map_with_index(_with_index)
+    ds = grain.MapDataset.source(source).map_with_index(_WithIndex(len(source)))
     ds = ds.seed(seed).shuffle().repeat(None)
     ds = ds[process_index::process_count]
     ds = ds.random_map(preprocess_for(data_cfg, info, train=True))

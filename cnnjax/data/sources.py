@@ -68,7 +68,7 @@ def _builder(name: str, data_dir: str):
                 if not builder.is_prepared():
                     builder.download_and_prepare(file_format="array_record")
         return embedded[name](data_dir=data_dir)
-    catalogue = set(tfds.list_builders())
+    catalogue = set(tfds.list_builders(with_community_datasets=False))
     if name.split("/")[0].split(":")[0] not in catalogue:
         choices = sorted(catalogue | set(embedded))
         raise ConfigError(
@@ -88,19 +88,19 @@ def _builder(name: str, data_dir: str):
 
 def _source(builder, split: str):
     name = builder.info.full_name
-    if split not in builder.info.splits:
-        raise ConfigError(
-            f"dataset '{name}' has no split '{split}'; splits: {sorted(builder.info.splits)}"
-        )
-    if builder.info.splits[split].num_examples == 0:
-        raise ConfigError(f"split '{split}' of dataset '{name}' is empty")
+    known = list(builder.info.splits)
+    if known and split not in known:  # split info can be absent (e.g. tfds mock data)
+        raise ConfigError(f"dataset '{name}' has no split '{split}'; splits: {sorted(known)}")
     try:
-        return builder.as_data_source(split)
+        source = builder.as_data_source(split)
     except NotImplementedError as e:  # prepared as TFRecord: no random access
         raise ConfigError(
             f"dataset '{name}' is prepared in {builder.info.file_format}; cnnjax reads "
             f"ArrayRecord. Rebuild with `tfds build ... --file_format=array_record` ({e})"
         ) from e
+    if len(source) == 0:
+        raise ConfigError(f"split '{split}' of dataset '{name}' is empty")
+    return source
 
 
 def open_sources(data_cfg):

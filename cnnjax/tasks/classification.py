@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -24,7 +23,8 @@ def create_state(model, tx, rng, image_shape) -> TrainState:
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
-        batch_stats=variables.get("batch_stats", flax.core.FrozenDict()),
+        # A plain {} like train_step's: a FrozenDict here makes BN-free models retrace at step 2.
+        batch_stats=variables.get("batch_stats", {}),
         tx=tx,
         rng=state_rng,
     )

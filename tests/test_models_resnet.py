@@ -1,0 +1,91 @@
+"""ResNet structure: exact parameter counts against torchvision and the ResNet paper."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import models
+from cnnjax.errors import ConfigError
+
+# torchvision weight metadata (ImageNet, 1000 classes).
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+}
+# ResNet paper, CIFAR-10 nets (option A): 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M.
+CIFAR_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}
+
+
+def count(name, size, num_classes, **kw):
+    model = models.create(name, num_classes=num_classes, **kw)
+    x = jnp.zeros((1, size, size, 3))
+    v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(v["params"]))
+
+
+@pytest.mark.parametrize("name,expected", sorted(TORCHVISION_PARAMS.items()))
+def test_resnet_params_equal_torchvision(name, expected):
+    assert count(name, 224, 1000) == expected
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+def test_plain_twin_drops_only_projection_shortcuts(depth):
+    # Basic-block nets: the only shortcut parameters are the 3 projection convs + BNs.
+    widths = [(64, 128), (128, 256), (256, 512)]
+    projection = sum(cin * cout + 2 * cout for cin, cout in widths)
+    assert count(f"plain{depth}", 224, 1000) == TORCHVISION_PARAMS[f"resnet{depth}"] - projection
+
+
+@pytest.mark.parametrize("depth,millions", sorted(CIFAR_PARAMS_M.items()))
+def test_cifar_resnet_params_match_paper(depth, millions):
+    n = count(f"resnet{depth}_cifar", 32, 10)
+    assert round(n / 1e6, 2 if millions < 1 else 1) == millions
+
+
+@pytest.mark.parametrize("depth", [20, 56, 110])
+def test_cifar_plain_twin_has_same_count_with_option_a(depth):
+    assert count(f"plain{depth}_cifar", 32, 10) == count(f"resnet{depth}_cifar", 32, 10)
+
+
+def test_cifar_option_b_adds_two_projections():
+    a = count("resnet20_cifar", 32, 10, shortcut="A")
+    b = count("resnet20_cifar", 32, 10, shortcut="B")
+    assert b - a == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+
+
+def test_features_have_stable_names_and_shapes():
+    model = models.create("resnet18", num_classes=7)
+    x = jnp.ones((2, 64, 64, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    logits, feats = jax.jit(model.apply)(variables, x)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    assert {k: v.shape for k, v in feats.items()} == {
+        "stem": (2, 16, 16, 64),
+        "stage1": (2, 16, 16, 64),
+        "stage2": (2, 8, 8, 128),
+        "stage3": (2, 4, 4, 256),
+        "stage4": (2, 2, 2, 512),
+        "pre_logits": (2, 512),
+    }
+
+
+def test_residual_and_plain_differ_only_by_shortcut():
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    res = models.create("resnet20_cifar", num_classes=10)
+    plain = models.create("plain20_cifar", num_classes=10)
+    v = jax.jit(res.init)(jax.random.key(0), x)
+    out_res, _ = jax.jit(res.apply)(v, x)
+    out_plain, _ = jax.jit(plain.apply)(v, x)  # same parameters fit both
+    assert not np.allclose(out_res, out_plain)
+
+
+def test_registry_errors_name_the_closest_model_and_bad_kwargs():
+    with pytest.raises(ConfigError, match="Did you mean 'resnet34'"):
+        models.create("resnet43", num_classes=10)
+    with pytest.raises(ConfigError, match="no option.*widht"):
+        models.create("resnet18", num_classes=10, widht=3)
+    assert {"resnet34", "plain34", "resnet20_cifar"} <= set(models.names())
