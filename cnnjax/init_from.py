@@ -28,7 +28,7 @@ def apply_init(config, state):
     if init.source not in SOURCES:
         raise ConfigError(f"init.source '{init.source}' is not one of {list(SOURCES)}")
     exclude = tuple(init.exclude)
-    variables = _pretrained(config.model.name, init.checkpoint)
+    variables = _pretrained(config.model.name, init.checkpoint, dict(config.model.kwargs))
     params = _merge(state.params, variables["params"], exclude, "params", init.checkpoint)
     stats = _merge(state.batch_stats, variables["batch_stats"], exclude, "batch_stats", "")
     tx = _frozen_backbone(state.tx, params, exclude) if init.freeze_backbone else state.tx
@@ -37,13 +37,13 @@ def apply_init(config, state):
     return state.replace(params=params, batch_stats=stats, tx=tx, opt_state=opt_state)
 
 
-def _pretrained(model_name: str, path: str) -> dict:
+def _pretrained(model_name: str, path: str, model_kwargs: dict) -> dict:
     if model_name not in convert.names():
         raise ConfigError(
             f"init.checkpoint is set but model '{model_name}' has no torchvision conversion; "
             f"convertible models: {', '.join(convert.names())}"
         )
-    return convert.from_torchvision(model_name, convert.load_state_dict(path))
+    return convert.from_torchvision(model_name, convert.load_state_dict(path), **model_kwargs)
 
 
 def _excluded(path: str, exclude: tuple[str, ...]) -> bool:

@@ -19,7 +19,14 @@ from cnnjax.convert.files import load_state_dict, save_safetensors, to_numpy
 from cnnjax.convert.rules import RULES, Rule
 from cnnjax.errors import ConfigError, unknown_name
 
-__all__ = ["ConversionError", "from_torchvision", "load_state_dict", "names", "save_safetensors"]
+__all__ = [
+    "ConversionError",
+    "check",
+    "from_torchvision",
+    "load_state_dict",
+    "names",
+    "save_safetensors",
+]
 
 _BN_STATS = {"running_mean": "mean", "running_var": "var"}
 _SHOWN = 12  # problems listed per kind; the rest are counted
@@ -34,41 +41,66 @@ def names() -> list[str]:
     return sorted(n for n in RULES if n in models.names())
 
 
-def from_torchvision(name: str, state_dict, *, num_classes: int | None = None) -> dict:
+def from_torchvision(
+    name: str, state_dict, *, num_classes: int | None = None, **model_kwargs
+) -> dict:
     """Converts a torchvision `state_dict` (tensors or arrays) for registry model `name`.
 
-    num_classes defaults to the row count of the rule's head. Returns {'params': ...,
-    'batch_stats': ...} as nested dicts of numpy arrays, shaped and typed like
-    `models.create(name, num_classes=num_classes).init(...)`. Raises ConversionError listing
-    every torch key without a flax home, every flax variable left unfilled and every shape
-    mismatch.
+    num_classes defaults to the row count of the rule's head; model_kwargs are the model's
+    options (e.g. googlenet's aux_logits=True). Returns {'params': ..., 'batch_stats': ...}
+    as nested dicts of numpy arrays, shaped and typed like `models.create(...).init(...)`.
+    Raises ConversionError listing every torch key without a flax home, every flax variable
+    left unfilled and every shape mismatch.
     """
-    rule = _rule(name)
     arrays = {k: to_numpy(v) for k, v in state_dict.items()}
-    if num_classes is None:
-        num_classes = _head_rows(rule, arrays, name)
-    expected = _expected(name, num_classes)
-    filled, homeless, mismatched, seen = {}, [], [], set()
-    for key, value in arrays.items():
-        if key.endswith(".num_batches_tracked") or rule.dropped(key):
+    shapes = {k: v.shape for k, v in arrays.items()}
+    rule = _rule(name)
+    expected = _expected(name, num_classes or _head_rows(rule, shapes, name), model_kwargs)
+    plan = _plan(name, rule, shapes, expected)
+    filled = {
+        path: _layout(key, arrays[key], expected[path].shape).astype(expected[path].dtype)
+        for key, path in plan.items()
+    }
+    out = traverse_util.unflatten_dict(filled)
+    return {"params": out.get("params", {}), "batch_stats": out.get("batch_stats", {})}
+
+
+def check(
+    name: str, shapes: dict, *, num_classes: int | None = None, **model_kwargs
+) -> dict[str, str]:
+    """Dry run of `from_torchvision` on shapes alone ({torch key: shape}, no data).
+
+    -> {torch key: 'params/...' or 'batch_stats/...' flax path} for every converted key;
+    raises the same ConversionError as `from_torchvision` would.
+    """
+    shapes = {k: tuple(s) for k, s in shapes.items()}
+    rule = _rule(name)
+    expected = _expected(name, num_classes or _head_rows(rule, shapes, name), model_kwargs)
+    return {k: "/".join(p) for k, p in _plan(name, rule, shapes, expected).items()}
+
+
+def _plan(name: str, rule: Rule, shapes: dict, expected: dict) -> dict[str, tuple[str, ...]]:
+    """{torch key: flax path} with layouts checked against `expected`; all problems at once."""
+    plan, homeless, mismatched = {}, [], []
+    for key, shape in shapes.items():
+        if key.endswith(".num_batches_tracked"):
             continue
         path = _flax_path(rule, key, expected)
         if path not in expected:
-            homeless.append(f"{key} -> {'/'.join(path)}")
+            if not rule.is_optional(key):
+                homeless.append(f"{key} -> {'/'.join(path)}")
             continue
-        seen.add(path)
-        value = _layout(rule, key, value, expected[path].shape)
-        if value.shape != expected[path].shape:
-            mismatched.append(
-                f"{key} -> {'/'.join(path)}: expected {expected[path].shape}, got {value.shape}"
-            )
-            continue
-        filled[path] = value.astype(expected[path].dtype)
-    unfilled = ["/".join(p) for p in expected if p not in seen]
+        want = expected[path].shape
+        # A zero-strided stand-in runs the real layout code on the shape without any data.
+        got = _layout(key, np.broadcast_to(np.float32(0), shape), want).shape
+        if got != want:
+            mismatched.append(f"{key} -> {'/'.join(path)}: expected {want}, got {got}")
+        plan[key] = path
+    placed = set(plan.values())
+    unfilled = ["/".join(p) for p in expected if p not in placed]
     if homeless or unfilled or mismatched:
         raise ConversionError(_report(name, homeless, unfilled, mismatched))
-    out = traverse_util.unflatten_dict(filled)
-    return {"params": out.get("params", {}), "batch_stats": out.get("batch_stats", {})}
+    return plan
 
 
 def _rule(name: str) -> Rule:
@@ -77,19 +109,19 @@ def _rule(name: str) -> Rule:
     return RULES[name]
 
 
-def _head_rows(rule: Rule, arrays: dict, name: str) -> int:
+def _head_rows(rule: Rule, shapes: dict, name: str) -> int:
     key = f"{rule.head}.weight"
-    if key not in arrays:
+    if key not in shapes:
         raise ConversionError(
             f"state dict for '{name}' has no classifier weight '{key}' to read the class count "
             "from; pass num_classes= explicitly"
         )
-    return int(arrays[key].shape[0])
+    return int(shapes[key][0])
 
 
-def _expected(name: str, num_classes: int) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+def _expected(name: str, num_classes: int, model_kwargs: dict) -> dict:
     """Flat {('params'|'batch_stats', *path): ShapeDtypeStruct} of the model, traced only."""
-    model = models.create(name, num_classes=num_classes)
+    model = models.create(name, num_classes=num_classes, **model_kwargs)
     x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     return traverse_util.flatten_dict(dict(shapes))
@@ -107,18 +139,13 @@ def _flax_path(rule: Rule, key: str, expected) -> tuple[str, ...]:
     return ("params", *path, leaf)
 
 
-def _layout(rule: Rule, key: str, value: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
+def _layout(key: str, value: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
     """Torch layout -> flax layout for kernels; everything else passes through."""
     if not key.endswith(".weight"):
         return value
     if value.ndim == 4 and len(want) == 4:  # [O, I/g, kH, kW] -> [kH, kW, I/g, O]
         return value.transpose(2, 3, 1, 0)
     if value.ndim == 2 and len(want) == 2:  # [out, in] -> [in, out]
-        hw = rule.flatten_shape(key.rsplit(".", 1)[0])
-        if hw is not None:  # torch flattened (C, H, W); cnnjax flattens (H, W, C)
-            out, n = value.shape
-            c = n // (hw[0] * hw[1])
-            value = value.reshape(out, c, *hw).transpose(0, 2, 3, 1).reshape(out, n)
         return value.T
     return value
 

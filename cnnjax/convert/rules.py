@@ -3,9 +3,10 @@
 The default rule is the project's naming convention: a torch module path becomes a flax
 path by joining every numeric index to its parent with '_' and every named child with '/'
 (`layer1.0.conv1` -> `layer1_0/conv1`, `features.3` -> `features_3`). A family adds regex
-renames where its flax names differ, drops torch entries that have no flax home by design,
-and marks linear layers that torch feeds with an NCHW flatten (their input rows are
-reordered to the NHWC flatten cnnjax uses).
+renames where its flax names differ and names torch entries that may lack a flax home
+(heads that a model variant leaves out). Models that flatten a feature map before a linear
+layer (AlexNet, VGG, GoogLeNet's aux heads) flatten in torch's C, H, W order, so linear
+weights need only a transpose.
 """
 
 import dataclasses
@@ -19,15 +20,13 @@ class Rule:
     torchvision_name: the builder in `torchvision.models` (e.g. 'resnet50').
     head: torch module whose weight rows are the classes ('fc'); gives num_classes.
     renames: (regex, replacement) pairs applied in order to the default flax module path.
-    drop: regexes (fullmatch) of torch keys that deliberately have no flax home.
-    flatten_hw: torch Linear module -> (H, W) of the NCHW map torch flattened into it.
+    optional: regexes (fullmatch) of torch keys skipped when the flax model lacks them.
     """
 
     torchvision_name: str
     head: str
     renames: tuple[tuple[str, str], ...] = ()
-    drop: tuple[str, ...] = ()
-    flatten_hw: tuple[tuple[str, tuple[int, int]], ...] = ()
+    optional: tuple[str, ...] = ()
 
     def flax_module(self, torch_module: str) -> str:
         """'layer1.0.downsample.0' -> 'layer1_0/downsample_conv' (for the resnet rule)."""
@@ -42,19 +41,34 @@ class Rule:
             path = re.sub(pattern, repl, path)
         return path
 
-    def dropped(self, torch_key: str) -> bool:
-        return any(re.fullmatch(p, torch_key) for p in self.drop)
-
-    def flatten_shape(self, torch_module: str) -> tuple[int, int] | None:
-        return dict(self.flatten_hw).get(torch_module)
+    def is_optional(self, torch_key: str) -> bool:
+        return any(re.fullmatch(p, torch_key) for p in self.optional)
 
 
-# ResNet's projection shortcut is an nn.Sequential(conv, bn) in torchvision.
-_RESNET = dict(
-    head="fc",
-    renames=((r"downsample_0$", "downsample_conv"), (r"downsample_1$", "downsample_bn")),
-)
+def _family(names, **rule) -> dict[str, Rule]:
+    return {n: Rule(torchvision_name=n, **rule) for n in names}
+
 
 RULES: dict[str, Rule] = {
-    f"resnet{d}": Rule(torchvision_name=f"resnet{d}", **_RESNET) for d in (18, 34, 50, 101, 152)
+    # ResNet's projection shortcut is an nn.Sequential(conv, bn) in torchvision.
+    **_family(
+        [f"resnet{d}" for d in (18, 34, 50, 101, 152)],
+        head="fc",
+        renames=((r"downsample_0$", "downsample_conv"), (r"downsample_1$", "downsample_bn")),
+    ),
+    **_family(["alexnet"], head="classifier.6"),
+    **_family([f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")], head="classifier.6"),
+    # torchvision builds GoogLeNet with aux classifiers; cnnjax only with aux_logits=True.
+    **_family(["googlenet"], head="fc", optional=(r"aux[12]\..*",)),
+    # `features` is a Sequential of named children (features_denseblock1/denselayer1/...);
+    # torchvision's released files still say `norm.1`/`conv.2` for `norm1`/`conv2`.
+    **_family(
+        [f"densenet{d}" for d in (121, 161, 169, 201)],
+        head="classifier",
+        renames=((r"^features/", "features_"), (r"/(norm|conv)_([12])$", r"/\1\2")),
+    ),
+    **_family(["squeezenet1_0", "squeezenet1_1"], head="classifier.1"),
+    **_family(["mobilenet_v2"], head="classifier.1"),
+    **_family([f"efficientnet_b{i}" for i in range(8)], head="classifier.1"),
+    **_family([f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")], head="fc"),
 }
