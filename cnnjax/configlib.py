@@ -57,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every_steps = 50
     c.train.checkpoint_every_steps = 500
     c.train.keep_checkpoints = 2  # the latest N, plus the best by eval.best_metric
+    c.train.nan_policy = "stop"  # NaN/Inf step: stop (exit 3, naming it) | skip (count it)
+    c.train.record_log = False  # True: workdir/records.jsonl lists each step's record ids
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 500

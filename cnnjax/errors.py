@@ -3,7 +3,9 @@
 import difflib
 from collections.abc import Iterable
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # also: checkpoints exist but none can be restored
+EXIT_NONFINITE = 3  # a NaN/Inf step with train.nan_policy='stop'
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM, a checkpoint was saved; rerun to resume
 
 
 class ConfigError(ValueError):

@@ -5,7 +5,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cnnjax.errors import EXIT_BAD_INPUT, ConfigError
+from cnnjax.errors import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED, ConfigError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
@@ -26,7 +26,7 @@ def main(argv):
     del argv
     from absl import logging
 
-    from cnnjax import trainer
+    from cnnjax import guards, trainer
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
 
@@ -35,6 +35,12 @@ def main(argv):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except guards.NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_NONFINITE)
+    except guards.Preempted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cnnjax import init_from, models, optim, sharding, validate, workdir as wd
+from cnnjax import guards, init_from, models, optim, sharding, validate, workdir as wd
 from cnnjax.checkpointing import Checkpointer, abstract_like
 from cnnjax.console import ProgressDisplay, format_duration, startup_summary
 from cnnjax.data import open_sources
@@ -90,8 +90,10 @@ def init_state(run: Run):
 
 def compile_steps(run: Run, state):
     repl, data = sharding.replicated(run.mesh), sharding.batch_sharded(run.mesh)
+    step_fn = functools.partial(task.train_step, label_smoothing=run.config.train.label_smoothing)
+    skip = run.config.train.nan_policy == "skip"
     train_step = jax.jit(
-        functools.partial(task.train_step, label_smoothing=run.config.train.label_smoothing),
+        functools.partial(guards.guarded_step, step_fn=step_fn, skip_nonfinite=skip),
         in_shardings=(repl, data),
         out_shardings=(repl, repl),
         donate_argnums=0,
@@ -138,59 +140,102 @@ def _mean_metrics(window: list[dict]) -> dict:
 
 
 def train_and_evaluate(config, workdir) -> dict:
-    """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
+    """Trains (or resumes) the run in `workdir`; returns the final eval metrics.
+
+    Raises guards.Preempted after saving a checkpoint on SIGTERM, guards.NonFiniteError on a
+    NaN/Inf step (train.nan_policy 'stop'), ConfigError if checkpoints exist but none restores.
+    """
     run = setup(config, workdir)
     c = run.config
     ckpt = Checkpointer(
-        run.workdir / "checkpoints", keep=c.train.keep_checkpoints, best_metric=c.eval.best_metric
+        run.workdir / "checkpoints",
+        keep=c.train.keep_checkpoints,
+        best_metric=c.eval.best_metric,
+        tidy=run.is_main,
     )
-    state = init_state(run)
-    train_ds = pipeline.train_dataset(
-        run.train_source,
-        c.data,
-        run.info,
-        seed=c.train.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    data_iter = iter(train_ds)
-    start = ckpt.latest_step() or 0
-    if start:
-        state, data_state = ckpt.restore(start, abstract_like(state, sharding.replicated(run.mesh)))
-        data_iter.set_state(data_state)
-    train_step, eval_step = compile_steps(run, state)
-    writer = MetricWriter(run.workdir, enabled=run.is_main)
+    writer = records = None
     try:
+        state = init_state(run)
+        train_ds = pipeline.train_dataset(
+            run.train_source,
+            c.data,
+            run.info,
+            seed=c.train.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        data_iter = iter(train_ds)
+        start, state, skipped = _resume(run, ckpt, state, data_iter)
         if start >= run.num_steps:
             if run.is_main:
                 print(f"run in {run.workdir} already finished at step {start}; nothing to do")
             return _last_eval(run.workdir)
+        train_step, eval_step = compile_steps(run, state)
+        writer = MetricWriter(run.workdir, enabled=run.is_main)
+        if c.train.record_log:
+            records = guards.RecordLog(run.workdir, start, jax.process_index())
+        finite = guards.FiniteCheck(c.train.nan_policy, skipped)
+        guard = _Guard(guards.Preemption(), finite, records)
         startup_summary(_summary(run, state, start), enabled=run.is_main)
-        return _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start)
+        with guard.preemption.installed():
+            return _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, guard)
     finally:
-        ckpt.close()
-        writer.close()
+        ckpt.close()  # waits for async saves; raises if one failed
+        for f in (writer, records):
+            if f is not None:
+                f.close()
 
 
-def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start) -> dict:
+@dataclasses.dataclass
+class _Guard:
+    preemption: guards.Preemption
+    finite: guards.FiniteCheck
+    records: guards.RecordLog | None
+
+
+def _resume(run: Run, ckpt: Checkpointer, state, data_iter):
+    """-> (start step, state, skipped steps so far): the newest good checkpoint, or the
+    fresh `state` at 0. The data iterator resumes right after the last trained batch."""
+    found = ckpt.restore_latest(abstract_like(state, sharding.replicated(run.mesh)))
+    if found is None:
+        return 0, state, 0
+    step, state, data_state, extra = found
+    data_iter.set_state(data_state)
+    return step, state, int(extra.get("skipped_steps", 0))
+
+
+def _save(ckpt, step, state, data_iter, guard, metrics=None) -> None:
+    guard.finite.flush()  # never write a checkpoint of a non-finite state
+    extra = {"skipped_steps": guard.finite.skipped}
+    ckpt.save(step, state, data_iter.get_state(), metrics=metrics, extra=extra)
+
+
+def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, guard) -> dict:
     c = run.config
     progress = ProgressDisplay(run.num_steps, start, enabled=run.is_main)
-    window, t_start, eval_metrics = [], time.perf_counter(), {}
+    window, t_start, eval_metrics, saved = [], time.perf_counter(), {}, start
     try:
         for step in range(start + 1, run.num_steps + 1):
-            batch = sharding.to_global(next(data_iter), run.mesh)
-            state, metrics = train_step(state, batch)
+            host_batch = next(data_iter)
+            state, metrics = train_step(state, sharding.to_global(host_batch, run.mesh))
+            guard.finite.add(step, metrics.pop("nonfinite"), host_batch["index"])
+            if guard.records is not None:
+                guard.records.append(step, host_batch["index"])
             window.append(metrics)
             progress.step(step)
+            final = step == run.num_steps
             if step % c.train.log_every_steps == 0 or step == run.num_steps:
+                guard.finite.flush()
                 logged = _mean_metrics(window)
                 window = []
                 logged["learning_rate"] = float(run.schedule(step - 1))
                 logged["steps_per_sec"] = progress.rate(step)
+                if c.train.nan_policy == "skip":
+                    logged["skipped_steps"] = guard.finite.skipped
                 writer.write(step, "train", logged)
                 progress.log(step, {k: logged[k] for k in ("loss", "accuracy")})
-            final = step == run.num_steps
             if step % c.eval.every_steps == 0 or final:
+                guard.finite.flush()
                 eval_metrics = evaluate(run, eval_step, state)
                 writer.write(step, "eval", eval_metrics)
                 progress.message(
@@ -199,7 +244,13 @@ def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start) -> 
                 )
             if step % c.train.checkpoint_every_steps == 0 or final:
                 metrics = eval_metrics if step % c.eval.every_steps == 0 or final else None
-                ckpt.save(step, state, data_iter.get_state(), metrics=metrics)
+                _save(ckpt, step, state, data_iter, guard, metrics=metrics)
+                saved = step
+            if guard.preemption.requested or ckpt.reached_preemption(step):
+                if saved != step:
+                    _save(ckpt, step, state, data_iter, guard)
+                ckpt.finish()
+                raise guards.Preempted(step)
     finally:
         progress.close()
     elapsed = time.perf_counter() - t_start

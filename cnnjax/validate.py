@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from cnnjax import optim
+from cnnjax import guards, optim
 from cnnjax.errors import ConfigError
 
 
@@ -33,6 +33,7 @@ def check_values(config, num_processes: int = 1, num_devices: int = 1) -> None:
         ("optim.name", o.name, optim.OPTIMIZERS),
         ("optim.schedule", o.schedule, optim.SCHEDULES),
         ("optim.weight_decay_on", o.weight_decay_on, optim.DECAY_TARGETS),
+        ("train.nan_policy", t.nan_policy, guards.NAN_POLICIES),
     ]:
         if value not in allowed:
             raise ConfigError(f"{name} '{value}' is not one of {list(allowed)}")

@@ -100,7 +100,28 @@ def _source(builder, split: str):
         ) from e
     if len(source) == 0:
         raise ConfigError(f"split '{split}' of dataset '{name}' is empty")
-    return source
+    return ReadChecked(source, f"{name}/{split}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadChecked:
+    """A random-access source whose read errors name the record (they surface from grain's
+    reader threads with this message)."""
+
+    source: object
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i):
+        try:
+            return self.source[i]
+        except Exception as e:
+            raise ValueError(
+                f"record {i} of {self.name} cannot be read ({type(e).__name__}: {e}); the "
+                "prepared dataset may be corrupt: rebuild it"
+            ) from e
 
 
 def open_sources(data_cfg):
