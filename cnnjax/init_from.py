@@ -29,8 +29,9 @@ def apply_init(config, state):
         raise ConfigError(f"init.source '{init.source}' is not one of {list(SOURCES)}")
     exclude = tuple(init.exclude)
     variables = _pretrained(config.model.name, init.checkpoint, dict(config.model.kwargs))
-    params = _merge(state.params, variables["params"], exclude, "params", init.checkpoint)
-    stats = _merge(state.batch_stats, variables["batch_stats"], exclude, "batch_stats", "")
+    head = convert.head_module(config.model.name)
+    params = _merge(state.params, variables["params"], exclude, "params", head)
+    stats = _merge(state.batch_stats, variables["batch_stats"], exclude, "batch_stats", head)
     tx = _frozen_backbone(state.tx, params, exclude) if init.freeze_backbone else state.tx
     sharding = jax.tree.leaves(state.params)[0].sharding
     opt_state = jax.jit(tx.init, out_shardings=sharding)(params)
@@ -50,7 +51,7 @@ def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
     return any(path == e or path.startswith(e + "/") for e in exclude)
 
 
-def _merge(fresh, loaded, exclude, collection: str, source: str):
+def _merge(fresh, loaded, exclude, collection: str, head: str):
     """Pretrained values by name into `fresh` (same tree, dtypes and shardings)."""
     fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
     loaded_flat = traverse_util.flatten_dict(loaded, sep="/")
@@ -75,9 +76,9 @@ def _merge(fresh, loaded, exclude, collection: str, source: str):
         shown = "\n  ".join(problems[:_SHOWN])
         more = f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
         raise ConfigError(
-            f"pretrained weights {source!r} do not fit the model ({len(problems)} "
-            f"parameter(s)):\n  {shown}{more}\nAdd the differing modules (e.g. the head) to "
-            f"config.init.exclude (now {list(exclude)}) to keep their fresh initialisation."
+            f"pretrained weights do not fit the model ({len(problems)} parameter(s)):\n  "
+            f"{shown}{more}\nAdd the differing modules to config.init.exclude (now "
+            f"{list(exclude)}; this model's head is '{head}') to keep their fresh initialisation."
         )
     return traverse_util.unflatten_dict(out, sep="/")
 

@@ -158,6 +158,12 @@ def test_mismatches_are_all_named():
     assert "conv1.weight -> params/conv1/kernel: expected (7, 7, 3, 64), got (7, 7, 1, 64)" in msg
 
 
+def test_head_module_is_the_flax_name_of_the_classifier():
+    heads = {"resnet50": "fc", "vgg16_bn": "classifier_6", "densenet121": "classifier"}
+    heads.update({"squeezenet1_1": "classifier_1", "shufflenet_v2_x1_0": "fc"})
+    assert {n: convert.head_module(n) for n in heads} == heads
+
+
 def test_unknown_model_lists_the_convertible_ones():
     with pytest.raises(ConfigError, match="Did you mean 'resnet50'.*resnet18"):
         convert.from_torchvision("resnet05", {})

@@ -116,7 +116,7 @@ def test_head_mismatch_names_the_parameter(resnet18_file):
     msg = str(e.value)
     assert "params/fc/kernel: model has (512, 10), checkpoint has (512, 1000)" in msg
     assert "params/fc/bias: model has (10,), checkpoint has (1000,)" in msg
-    assert "config.init.exclude" in msg
+    assert "config.init.exclude" in msg and "this model's head is 'fc'" in msg
 
 
 def test_loads_by_name_and_keeps_excluded_fresh(resnet18_file):

@@ -23,6 +23,7 @@ __all__ = [
     "ConversionError",
     "check",
     "from_torchvision",
+    "head_module",
     "load_state_dict",
     "names",
     "save_safetensors",
@@ -39,6 +40,12 @@ class ConversionError(ConfigError):
 def names() -> list[str]:
     """Registry models that torchvision also has (and that convert)."""
     return sorted(n for n in RULES if n in models.names())
+
+
+def head_module(name: str) -> str:
+    """The flax module of `name`'s classifier ('fc', 'classifier_6', ...): what to re-init."""
+    rule = _rule(name)
+    return rule.flax_module(rule.head)
 
 
 def from_torchvision(
