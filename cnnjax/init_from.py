@@ -9,6 +9,7 @@ mode; a frozen backbone's weights are bitwise unchanged.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
@@ -35,7 +36,11 @@ def apply_init(config, state):
     tx = _frozen_backbone(state.tx, params, exclude) if init.freeze_backbone else state.tx
     sharding = jax.tree.leaves(state.params)[0].sharding
     opt_state = jax.jit(tx.init, out_shardings=sharding)(params)
-    return state.replace(params=params, batch_stats=stats, tx=tx, opt_state=opt_state)
+    state = state.replace(params=params, batch_stats=stats, tx=tx, opt_state=opt_state)
+    if getattr(state, "ema_params", None):  # a weight EMA starts from the loaded weights too
+        copy = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=sharding)
+        state = state.replace(ema_params=copy(params), ema_batch_stats=copy(stats))
+    return state
 
 
 def _pretrained(model_name: str, path: str, model_kwargs: dict) -> dict:

@@ -135,6 +135,18 @@ def test_loads_by_name_and_keeps_excluded_fresh(resnet18_file):
     )
 
 
+def test_weight_ema_starts_from_the_loaded_weights(resnet18_file):
+    if "ema_params" not in task.TrainState.__dataclass_fields__:
+        pytest.skip("this TrainState keeps no weight EMA")
+    state = _zero_state(resnet18_file)
+    state = state.replace(ema_params=state.params, ema_batch_stats=state.batch_stats)
+    state = init_from.apply_init(_init_config(resnet18_file), state)
+    ema, params = _flat(state.ema_params), _flat(state.params)
+    assert ema.keys() == params.keys() and _changed(params, ema) == []
+    assert _changed(_flat(state.batch_stats), _flat(state.ema_batch_stats)) == []
+    assert params["layer1_0/conv1/kernel"].any()
+
+
 def test_init_is_off_by_default_and_for_old_configs(resnet18_file):
     state = _zero_state(resnet18_file)
     assert base_config().init.checkpoint == ""
