@@ -9,9 +9,25 @@ import dataclasses
 from collections.abc import Callable
 
 from cnnjax.errors import ConfigError, unknown_name
-from cnnjax.models import resnet, resnet_cifar
+from cnnjax.models import (
+    efficientnet,
+    mobilenet,
+    preact_resnet,
+    resnet,
+    resnet_cifar,
+    shufflenet,
+    xception,
+)
 
-_REGISTRY: dict[str, Callable] = {**resnet.MODELS, **resnet_cifar.MODELS}
+_REGISTRY: dict[str, Callable] = {
+    **resnet.MODELS,
+    **resnet_cifar.MODELS,
+    **preact_resnet.MODELS,
+    **xception.MODELS,
+    **mobilenet.MODELS,
+    **efficientnet.MODELS,
+    **shufflenet.MODELS,
+}
 
 
 def names() -> list[str]:

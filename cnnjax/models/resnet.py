@@ -2,7 +2,10 @@
 
 Layer names follow torchvision (`conv1`, `bn1`, `layer1_0`, ..., `fc`) so that weights
 convert by name. `shortcut=False` removes every identity and projection shortcut:
-the paper's "plain" network of the same depth.
+the paper's "plain" network of the same depth. `se_ratio > 0` adds a squeeze-excitation
+`se` (Hu et al. 2018, named as timm's `layerX_Y.se.fc1/fc2`) on each block's residual branch
+after its last BN: `se_resnet50` is SENet's SE-ResNet-50 (ratio 1/16), with the stride on the
+3x3 as torchvision/timm rather than on the first 1x1 as in the original Caffe models.
 """
 
 import functools
@@ -11,6 +14,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from cnnjax.models.layers import SqueezeExcite
 
 ModuleDef = Any
 
@@ -29,6 +34,7 @@ class BasicBlock(nn.Module):
     norm: ModuleDef
     act: Callable
     shortcut: bool = True
+    se_ratio: float = 0.0
     expansion = 1
 
     @nn.compact
@@ -36,7 +42,7 @@ class BasicBlock(nn.Module):
         y = self.conv(self.features, (3, 3), (self.strides,) * 2, padding=_pad(3), name="conv1")(x)
         y = self.act(self.norm(name="bn1")(y))
         y = self.conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
-        y = self.norm(name="bn2")(y)
+        y = _se(self, self.norm(name="bn2")(y))
         return self.act(y + _shortcut(self, x, y) if self.shortcut else y)
 
 
@@ -49,6 +55,7 @@ class Bottleneck(nn.Module):
     norm: ModuleDef
     act: Callable
     shortcut: bool = True
+    se_ratio: float = 0.0
     expansion = 4
 
     @nn.compact
@@ -57,8 +64,15 @@ class Bottleneck(nn.Module):
         y = self.conv(self.features, (3, 3), (self.strides,) * 2, padding=_pad(3), name="conv2")(y)
         y = self.act(self.norm(name="bn2")(y))
         y = self.conv(self.features * 4, (1, 1), name="conv3")(y)
-        y = self.norm(name="bn3")(y)
+        y = _se(self, self.norm(name="bn3")(y))
         return self.act(y + _shortcut(self, x, y) if self.shortcut else y)
+
+
+def _se(block, y):
+    """Squeeze-excitation on the residual branch when the block has se_ratio > 0."""
+    if not block.se_ratio:
+        return y
+    return SqueezeExcite(rd_ratio=block.se_ratio, conv=block.conv, name="se")(y)
 
 
 def _shortcut(block, x, y):
@@ -77,6 +91,7 @@ class ResNet(nn.Module):
     block: ModuleDef = BasicBlock
     width: int = 64
     shortcut: bool = True
+    se_ratio: float = 0.0
     act: Callable = nn.relu
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = nn.BatchNorm
@@ -102,6 +117,7 @@ class ResNet(nn.Module):
                     norm=norm,
                     act=self.act,
                     shortcut=self.shortcut,
+                    se_ratio=self.se_ratio,
                     name=f"layer{i + 1}_{j}",
                 )(x)
             feats[f"stage{i + 1}"] = x
@@ -125,3 +141,6 @@ for _depth, (_sizes, _block) in _DEPTHS.items():
     MODELS[f"plain{_depth}"] = functools.partial(
         ResNet, stage_sizes=_sizes, block=_block, shortcut=False
     )
+MODELS["se_resnet50"] = functools.partial(
+    ResNet, stage_sizes=_DEPTHS[50][0], block=Bottleneck, se_ratio=1 / 16
+)

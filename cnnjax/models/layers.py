@@ -1,0 +1,88 @@
+"""Building blocks shared by several model families: squeeze-excitation, torchvision's
+Conv2dNormActivation, channel rounding, and the stride -> feature-name rule.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnnjax.errors import ConfigError
+
+ModuleDef = Any
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): x * gate(fc2(act(fc1(mean_hw(x))))).
+
+    x: [B, H, W, C] -> [B, H, W, C]. `fc1`/`fc2` are 1x1 convolutions with bias (torchvision's
+    SqueezeExcitation names). The bottleneck width is `squeeze_channels` when given, else
+    max(1, int(C * rd_ratio)); SENet uses rd_ratio 1/16, EfficientNet passes in_channels // 4.
+    """
+
+    squeeze_channels: int | None = None
+    rd_ratio: float = 1 / 16
+    act: Callable = nn.relu
+    gate: Callable = nn.sigmoid
+    conv: ModuleDef = nn.Conv
+
+    @nn.compact
+    def __call__(self, x):
+        if self.squeeze_channels is None and self.rd_ratio <= 0:
+            raise ConfigError(f"SqueezeExcite rd_ratio must be > 0, got {self.rd_ratio}")
+        if self.squeeze_channels is not None and self.squeeze_channels < 1:
+            raise ConfigError(
+                f"SqueezeExcite squeeze_channels must be >= 1, got {self.squeeze_channels}"
+            )
+        squeeze = self.squeeze_channels or max(1, int(x.shape[-1] * self.rd_ratio))
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = self.act(self.conv(squeeze, (1, 1), use_bias=True, name="fc1")(s))
+        s = self.gate(self.conv(x.shape[-1], (1, 1), use_bias=True, name="fc2")(s))
+        return x * s
+
+
+def conv_norm_act(
+    x,
+    features: int,
+    kernel: int,
+    *,
+    conv: ModuleDef,
+    norm: ModuleDef,
+    act: Callable | None,
+    name: str,
+    strides: int = 1,
+    groups: int = 1,
+):
+    """torchvision's Conv2dNormActivation: conv `{name}_0` (no bias), BN `{name}_1`, then `act`.
+
+    Call only inside an `nn.compact` method (the modules attach to the calling module).
+    Padding is torchvision's symmetric (k - 1) // 2. x: [B, H, W, Cin] -> [B, H', W', features].
+    """
+    p = (kernel - 1) // 2
+    y = conv(
+        features,
+        (kernel, kernel),
+        (strides, strides),
+        padding=((p, p), (p, p)),
+        feature_group_count=groups,
+        name=f"{name}_0",
+    )(x)
+    y = norm(name=f"{name}_1")(y)
+    return act(y) if act is not None else y
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """torchvision's `_make_divisible`: round v to a multiple of divisor, never 10% below v."""
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+def feature_name(stride: int) -> str:
+    """Name of a backbone map at output `stride`: 'stem' up to 2, 'stage{k}' at 2**(k + 1).
+
+    A model records every map under this name, so each entry holds the last map at its
+    stride: 'stage1' /4, 'stage2' /8, 'stage3' /16, 'stage4' /32 (the map that is pooled).
+    """
+    return "stem" if stride <= 2 else f"stage{stride.bit_length() - 2}"
