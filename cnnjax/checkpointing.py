@@ -35,7 +35,7 @@ class Checkpointer:
     def __init__(
         self, directory, *, keep: int, best_metric: str, best_mode: str = "max", tidy=False
     ):
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()  # Orbax needs absolute paths
         self.tidy = tidy
         if tidy:
             self._set_aside_partial_saves()
@@ -54,7 +54,7 @@ class Checkpointer:
             preservation_policy=policy, enable_async_checkpointing=True, create=True
         )
         self.manager = ocp.CheckpointManager(
-            directory, options=options, item_names=("state", "data", "meta")
+            self.directory, options=options, item_names=("state", "data", "meta")
         )
 
     def latest_step(self) -> int | None:
