@@ -176,7 +176,8 @@ def test_evaluate_cli_and_notebook_load_agree(smoke_run):
 
 
 def test_console_shows_summary_and_progress_with_eta(tmp_path):
-    proc = run_cli("cnnjax.train", SMOKE, f"--workdir={tmp_path}")
+    # A relative --workdir, as in the README's command (Orbax itself needs absolute paths).
+    proc = run_cli("cnnjax.train", SMOKE, f"--workdir={os.path.relpath(tmp_path, ROOT)}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     for text in ("devices", "parameters", "1,438 train / 359 eval", "steps/s", "ETA", "step 4/4"):
         assert text in proc.stdout, text
