@@ -59,6 +59,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2  # the latest N, plus the best by eval.best_metric
     c.train.nan_policy = "stop"  # NaN/Inf step: stop (exit 3, naming it) | skip (count it)
     c.train.record_log = False  # True: workdir/records.jsonl lists each step's record ids
+    # Speed (see BENCHMARKS.md). Params, optimizer state and BN statistics stay float32.
+    c.train.compute_dtype = "float32"  # float32 | bfloat16: the models' activation dtype
+    c.train.conv = "auto"  # auto (im2col on CPU, XLA's conv elsewhere) | xla | patch
+    c.train.grad_accum_steps = 1  # > 1 sums gradients over this many micro-batches per step
+    c.train.ema_decay = 0.0  # > 0 keeps an EMA of params and BN stats, evaluated as 'eval_ema'
+    c.train.compilation_cache_dir = ""  # '' = <workdir>/../.jax_cache; 'off' = no cache
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 500

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cnnjax import guards, init_from, models, optim, sharding, validate, workdir as wd
+from cnnjax import guards, init_from, models, optim, sharding, speed, validate, workdir as wd
 from cnnjax.checkpointing import Checkpointer, abstract_like
 from cnnjax.console import ProgressDisplay, format_duration, startup_summary
 from cnnjax.data import open_sources
@@ -55,12 +55,15 @@ def setup(config, workdir, mesh=None) -> Run:
     mesh = sharding.data_mesh() if mesh is None else mesh
     validate.check_values(config, jax.process_count(), mesh.size)
     train_src, eval_src, info = open_sources(config.data)
+    speed.check(config.train, config.data.batch_size, mesh.size)
     model = models.create(config.model.name, num_classes=info.num_classes, **config.model.kwargs)
+    model = speed.apply_to_model(model, config.train)  # compute dtype, conv implementation
     validate.check_model_input(model, config.data.image_size, info.image_shape[-1])
     diffs = wd.check_and_write(workdir, config, write=jax.process_index() == 0)
     if diffs and jax.process_index() == 0:
         print("resuming with harmless config changes: " + "; ".join(diffs), flush=True)
         wd.write_config(workdir, config)
+    speed.enable_compilation_cache(config.train, workdir)
     num_steps = num_train_steps(config, info.num_train)
     tx, schedule = optim.create(config.optim, num_steps)
     return Run(
@@ -82,7 +85,9 @@ def init_state(run: Run):
     """Fresh train state, replicated over the mesh (identical on every process)."""
     c = run.config
     shape = (c.data.image_size, c.data.image_size, run.info.image_shape[-1])
-    init = functools.partial(task.create_state, run.model, run.tx, image_shape=shape)
+    init = functools.partial(
+        task.create_state, run.model, run.tx, image_shape=shape, ema=c.train.ema_decay > 0
+    )
     rng = jax.random.PRNGKey(c.train.seed)
     state = jax.jit(init, out_shardings=sharding.replicated(run.mesh))(rng)
     return init_from.apply_init(c, state)  # pretrained weights from config.init, if any
@@ -90,7 +95,12 @@ def init_state(run: Run):
 
 def compile_steps(run: Run, state):
     repl, data = sharding.replicated(run.mesh), sharding.batch_sharded(run.mesh)
-    step_fn = functools.partial(task.train_step, label_smoothing=run.config.train.label_smoothing)
+    step_fn = functools.partial(
+        task.train_step,
+        label_smoothing=run.config.train.label_smoothing,
+        grad_accum_steps=run.config.train.grad_accum_steps,
+        ema_decay=run.config.train.ema_decay,
+    )
     skip = run.config.train.nan_policy == "skip"
     train_step = jax.jit(
         functools.partial(guards.guarded_step, step_fn=step_fn, skip_nonfinite=skip),
@@ -238,6 +248,8 @@ def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, gua
                 guard.finite.flush()
                 eval_metrics = evaluate(run, eval_step, state)
                 writer.write(step, "eval", eval_metrics)
+                if c.train.ema_decay > 0:
+                    writer.write(step, "eval_ema", evaluate(run, eval_step, state.ema()))
                 progress.message(
                     f"eval @ {step}: "
                     + " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items() if k != "num_examples")

@@ -1,0 +1,208 @@
+"""Speed options: bfloat16 compute, gradient accumulation, weight EMA, the im2col conv and
+JAX's persistent compilation cache (a second start of the same run compiles nothing)."""
+
+import functools
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnnjax import models, speed
+from cnnjax.errors import ConfigError
+from cnnjax.models.patch_conv import PatchConv, conv_for_backend
+from cnnjax.tasks import classification as task
+from cnnjax.writers import read_metrics
+from tests.conftest import load_config, run_cli
+
+SMOKE = "--config=configs/resnet20_cifar.py:digits,smoke"
+
+
+def _train_cfg(**overrides):
+    cfg = load_config("configs/resnet20_cifar.py", "digits,smoke")
+    with cfg.unlocked():
+        for k, v in overrides.items():
+            setattr(cfg.train, k, v)
+    return cfg.train
+
+
+def _batch(n=8, size=16, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": jnp.asarray(rng.standard_normal((n, size, size, channels), np.float32)),
+        "label": jnp.asarray(rng.integers(0, 10, n), jnp.int32),
+        "mask": jnp.ones((n,), jnp.float32),
+    }
+
+
+class TinyNet(nn.Module):
+    """BN-free, so gradient accumulation must match the whole batch to float rounding."""
+
+    num_classes: int = 10
+    conv: object = nn.Conv
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(self.conv(8, (3, 3), (2, 2), dtype=self.dtype, name="conv1")(x))
+        x = nn.relu(self.conv(8, (1, 1), dtype=self.dtype, name="conv2")(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x.mean((1, 2))).astype(jnp.float32), {
+            "pre_logits": x
+        }
+
+
+def test_bfloat16_computes_in_bf16_but_keeps_float32_params_and_bn_stats():
+    model = speed.apply_to_model(
+        models.create("resnet20_cifar", num_classes=10), _train_cfg(compute_dtype="bfloat16")
+    )
+    assert model.dtype == jnp.bfloat16
+    tx = optax.sgd(0.01, momentum=0.9)
+    state = task.create_state(model, tx, jax.random.key(0), (16, 16, 3))
+    batch = _batch()
+    logits, feats = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"]
+    )
+    assert logits.dtype == jnp.float32 and feats["stage2"].dtype == jnp.bfloat16
+    new, metrics = jax.jit(task.train_step)(state, batch)
+    dtypes = {x.dtype for x in jax.tree.leaves((new.params, new.batch_stats, new.opt_state))}
+    assert dtypes == {jnp.dtype(jnp.float32)}
+    # Same step in float32: the bf16 loss agrees to bf16 precision (8 mantissa bits).
+    f32 = task.create_state(model.clone(dtype=jnp.float32), tx, jax.random.key(0), (16, 16, 3))
+    _, m32 = jax.jit(task.train_step)(f32, batch)
+    assert abs(float(metrics["loss"]) - float(m32["loss"])) < 0.05 * float(m32["loss"])
+
+
+def test_model_without_dtype_field_refuses_bfloat16():
+    class NoDtype(nn.Module):
+        num_classes: int = 10
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(self.num_classes)(x.mean((1, 2))), {}
+
+    with pytest.raises(ConfigError, match="no dtype field"):
+        speed.apply_to_model(NoDtype(), _train_cfg(compute_dtype="bfloat16"))
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_grad_accumulation_equals_the_whole_batch_without_bn(k):
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = task.create_state(TinyNet(), tx, jax.random.key(1), (16, 16, 3))
+    batch = _batch()
+    whole, m1 = jax.jit(task.train_step)(state, batch)
+    accum, mk = jax.jit(functools.partial(task.train_step, grad_accum_steps=k))(state, batch)
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(accum.params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+    for name in ("loss", "accuracy", "top5_accuracy", "grad_norm"):
+        np.testing.assert_allclose(m1[name], mk[name], rtol=1e-5)
+
+
+def test_grad_accumulation_with_bn_is_close_and_updates_running_stats():
+    model = models.create("resnet20_cifar", num_classes=10)
+    state = task.create_state(model, optax.sgd(0.01), jax.random.key(0), (16, 16, 3))
+    batch = _batch(n=16)
+    whole, m1 = jax.jit(task.train_step)(state, batch)
+    accum, m2 = jax.jit(functools.partial(task.train_step, grad_accum_steps=2))(state, batch)
+    # BN normalises each micro-batch by its own statistics: close, not equal.
+    assert abs(float(m1["loss"]) - float(m2["loss"])) < 0.1
+    before = jax.tree.leaves(state.batch_stats)
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(before, jax.tree.leaves(accum.batch_stats), strict=True)
+    )
+
+
+def test_ema_follows_the_documented_update_and_is_kept_for_bn_stats():
+    model = models.create("resnet20_cifar", num_classes=10)
+    state = task.create_state(model, optax.sgd(0.1), jax.random.key(0), (16, 16, 3), ema=True)
+    step = jax.jit(functools.partial(task.train_step, ema_decay=0.99))
+    new, _ = step(state, _batch())
+    d = min(0.99, 1 / 10)  # warm-up at step 0: (1 + 0) / (10 + 0)
+    for tree in ("params", "batch_stats"):
+        want = jax.tree.map(
+            lambda e, x: d * e + (1 - d) * x, getattr(state, tree), getattr(new, tree)
+        )
+        got = getattr(new, f"ema_{tree}")
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert new.ema().params is new.ema_params
+    # EMA off: nothing extra in the state (or in checkpoints).
+    off = task.create_state(model, optax.sgd(0.1), jax.random.key(0), (16, 16, 3))
+    assert off.ema_params == {} and off.ema_batch_stats == {}
+
+
+@pytest.mark.parametrize(
+    "kernel,strides,padding",
+    [(3, 1, ((1, 1), (1, 1))), (3, 2, ((1, 1), (1, 1))), (1, 2, "VALID"), (7, 2, "SAME"),
+     (2, 2, "VALID")],
+)  # fmt: skip
+def test_patch_conv_matches_nn_conv_with_the_same_parameters(kernel, strides, padding):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 9, 5)), jnp.float32)
+    ref = nn.Conv(6, (kernel, kernel), (strides, strides), padding=padding, use_bias=True)
+    fast = PatchConv(6, (kernel, kernel), (strides, strides), padding=padding, use_bias=True)
+    variables = ref.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x)) == jax.tree.map(
+        jnp.shape, variables
+    )
+    np.testing.assert_allclose(fast.apply(variables, x), ref.apply(variables, x), atol=1e-5)
+    loss = lambda m: lambda v: (m.apply(v, x) ** 2).sum()
+    grads = jax.grad(loss(fast))(variables), jax.grad(loss(ref))(variables)
+    for a, b in zip(*map(jax.tree.leaves, grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_conv_resnet_matches_xla_conv_resnet():
+    base = models.create("resnet20_cifar", num_classes=10)
+    variables = base.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    x = _batch(n=2)["image"]
+    ref, _ = base.apply(variables, x)
+    got, _ = base.clone(conv=PatchConv).apply(variables, x)
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+    # Grouped (depthwise) convolutions fall back to XLA's own.
+    x4 = jnp.concatenate([x, x[..., :1]], axis=-1)
+    dw = PatchConv(4, (3, 3), feature_group_count=4)
+    v = dw.init(jax.random.key(0), x4)
+    want = nn.Conv(4, (3, 3), feature_group_count=4).apply(v, x4)
+    np.testing.assert_allclose(dw.apply(v, x4), want, atol=1e-5)
+
+
+def test_conv_choice_by_backend_and_bad_values():
+    assert conv_for_backend("auto", "cpu") is PatchConv
+    assert conv_for_backend("auto", "gpu") is nn.Conv
+    assert conv_for_backend("xla", "cpu") is nn.Conv
+    for bad, match in [
+        ({"compute_dtype": "float16"}, "train.compute_dtype 'float16'"),
+        ({"conv": "winograd"}, "train.conv 'winograd'"),
+        ({"ema_decay": 1.0}, r"train.ema_decay must be in \[0, 1\)"),
+        ({"grad_accum_steps": 0}, "train.grad_accum_steps must be a positive integer"),
+        ({"grad_accum_steps": 3}, "divisible by train.grad_accum_steps 3"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            speed.check(_train_cfg(**bad), global_batch=16, num_devices=1)
+
+
+def test_bf16_accum_ema_run_writes_eval_ema_and_a_second_start_compiles_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    args = [
+        SMOKE,
+        "--config.train.compute_dtype=bfloat16",
+        "--config.train.grad_accum_steps=2",
+        "--config.train.ema_decay=0.9",
+        f"--config.train.compilation_cache_dir={cache}",
+    ]
+    first = run_cli("cnnjax.train", *args, f"--workdir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) >= 2  # at least the train and eval steps
+    rows = read_metrics(tmp_path / "a")
+    ema = [r for r in rows if r["split"] == "eval_ema"]
+    assert [r["step"] for r in ema] == [4] and ema[0]["num_examples"] == 64
+    second = run_cli("cnnjax.train", *args, f"--workdir={tmp_path / 'b'}")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert sorted(p.name for p in cache.iterdir()) == entries  # every executable was a hit
+    # ... and the cached executables compute the same run.
+    again = [r for r in read_metrics(tmp_path / "b") if r["split"] in ("eval", "eval_ema")]
+    assert json.dumps(again) == json.dumps([r for r in rows if r["split"] in ("eval", "eval_ema")])
