@@ -1,4 +1,8 @@
-"""Command line: python -m cnnjax.train --config=configs/NAME.py[:args] --workdir=DIR."""
+"""Command line: python -m cnnjax.train --config=configs/NAME.py[:args] --workdir=DIR.
+
+Multi-host: add --coordinator_address=HOST:PORT --num_processes=N --process_id=I on each
+process, or start it with `srun` (see experiments/slurm_train.sbatch).
+"""
 
 import sys
 
@@ -8,8 +12,13 @@ from ml_collections import config_flags
 from cnnjax.errors import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED, ConfigError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py[:args]).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's id in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,11 +35,14 @@ def main(argv):
     del argv
     from absl import logging
 
-    from cnnjax import guards, trainer
+    from cnnjax import distributed, guards, trainer
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
 
     try:
+        # Before anything touches a device; under SLURM the flags may be left out.
+        distributed.maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                     FLAGS.process_id)  # fmt: skip
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
