@@ -3,6 +3,7 @@
 #   ./launch.sh train --config=configs/resnet34.py --workdir=runs/resnet34 [--config.x=y ...]
 #   ./launch.sh evaluate --workdir=runs/resnet34
 #   ./launch.sh test [pytest args]
+#   ./launch.sh bench [--models=a,b] [--mode=train|eval|both] [--batch=N] [--json]
 #   ./launch.sh chaos [--kills=N]   (a smoke run under N random kill -9s ends bitwise equal)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -44,6 +45,7 @@ commands:
   train     python -m cnnjax.train ARGS      (train from a config; resumes by itself)
   evaluate  python -m cnnjax.evaluate ARGS   (test metrics of a workdir as JSON)
   test      ruff + the pytest suite          (what CI runs; installs the torch extra)
+  bench     python -m cnnjax.bench ARGS      (img/s against PyTorch; installs the torch extra)
   chaos     python -m cnnjax.chaos ARGS      (--kills=N random kill -9s + restarts of a smoke
             run; exit 0 only if it ends bitwise equal to an uninterrupted one)
   python    run the project's Python with ARGS
@@ -61,6 +63,7 @@ case "$cmd" in
     "$VENV/bin/ruff" check cnnjax configs tests experiments
     exec "$VENV/bin/python" -m pytest "$@" ;;
   chaos) bootstrap; exec "$VENV/bin/python" -m cnnjax.chaos "$@" ;;
+  bench) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.bench "$@" ;;
   python) bootstrap; exec "$VENV/bin/python" "$@" ;;
   -h|--help|help) usage ;;
   *) echo "launch.sh: unknown command '$cmd'" >&2; usage; exit 2 ;;

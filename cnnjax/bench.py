@@ -1,0 +1,291 @@
+"""Throughput benchmark: cnnjax against PyTorch on the same model, batch and resolution.
+
+    ./launch.sh bench [--models=resnet20_cifar,resnet50] [--mode=train|eval|both]
+                      [--batch=N] [--image_size=N] [--dtype=float32|bfloat16] [--json]
+
+Every measurement (model x framework x mode) runs in its own subprocess so that peak RSS
+and compile time belong to it alone. Data is synthetic and already on the device; the
+`pipeline` rows measure the grain input pipeline on its own (digits and CIFAR-shaped
+records) so it can be compared with what the model consumes. One JSON line per row:
+model, framework (cnnjax | torch_eager | torch_channels_last | grain), mode, batch,
+image_size, dtype, img_per_s, step_ms, compile_s, peak_rss_mb, device.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from cnnjax.errors import EXIT_BAD_INPUT
+
+DEFAULT_MODELS = (
+    "resnet20_cifar,resnet56_cifar,resnet18,resnet50,vgg16,mobilenet_v2,efficientnet_b0"
+)
+FRAMEWORKS = ("cnnjax", "torch_eager", "torch_channels_last")
+MODES = ("train", "eval")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("models", DEFAULT_MODELS, "Comma-separated model names.")
+flags.DEFINE_enum("mode", "both", ["train", "eval", "both"], "What to time.")
+flags.DEFINE_integer("batch", 128, "Batch size.")
+flags.DEFINE_integer("image_size", 0, "Resolution; 0 = 32 for *_cifar, 224 otherwise.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (both sides).")
+flags.DEFINE_string("conv", "auto", "cnnjax conv implementation: auto | xla | patch.")
+flags.DEFINE_string("frameworks", ",".join(FRAMEWORKS), "Comma-separated subset to run.")
+flags.DEFINE_integer("steps", 5, "Timed steps per window (after 2 warm-up steps).")
+flags.DEFINE_integer("windows", 3, "Timed windows; the fastest is reported.")
+flags.DEFINE_boolean("pipeline", True, "Also time the grain input pipeline.")
+flags.DEFINE_boolean("json", False, "Print one JSON line per measurement instead of a table.")
+flags.DEFINE_string("worker", None, "Internal: run one measurement given as JSON.")
+
+
+def _image_size(model: str, size: int) -> int:
+    return size or (32 if model.endswith("_cifar") else 224)
+
+
+def _num_classes(model: str) -> int:
+    return 10 if model.endswith("_cifar") else 1000
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time_windows(run_steps, sync, steps: int, windows: int) -> float:
+    """Best seconds per step over `windows` windows of `steps` steps (after 2 warm-ups)."""
+    run_steps(2)
+    sync()
+    best = float("inf")
+    for _ in range(windows):
+        t = time.perf_counter()
+        run_steps(steps)
+        sync()
+        best = min(best, (time.perf_counter() - t) / steps)
+    return best
+
+
+def _cnnjax(job: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from cnnjax import models
+    from cnnjax.models.patch_conv import conv_for_backend
+    from cnnjax.tasks import classification as task
+
+    b, s, k = job["batch"], job["image_size"], _num_classes(job["model"])
+    model = models.create(job["model"], num_classes=k)
+    fields = type(model).__dataclass_fields__
+    overrides = {"dtype": jnp.dtype(job["dtype"])}
+    if "conv" in fields:
+        overrides["conv"] = conv_for_backend(job["conv"])
+    model = model.clone(**overrides)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.standard_normal((b, s, s, 3), np.float32)),
+        "label": jnp.asarray(rng.integers(0, k, b), jnp.int32),
+        "mask": jnp.ones((b,), jnp.float32),
+    }
+    tx = optax.sgd(0.01, momentum=0.9)
+    state = jax.jit(lambda r: task.create_state(model, tx, r, (s, s, 3)))(jax.random.key(0))
+    if job["mode"] == "train":
+        fn = jax.jit(task.train_step, donate_argnums=0)
+    else:
+        fn = jax.jit(task.eval_step)
+    t = time.perf_counter()
+    compiled = fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t
+    box = {"state": state, "out": None}
+
+    def run_steps(n):
+        for _ in range(n):
+            if job["mode"] == "train":
+                box["state"], box["out"] = compiled(box["state"], batch)
+            else:
+                box["out"] = compiled(box["state"], batch)
+
+    sec = _time_windows(run_steps, lambda: jax.block_until_ready(box["out"]), job["steps"],
+                        job["windows"])  # fmt: skip
+    return {"step_ms": sec * 1e3, "compile_s": compile_s, "device": jax.devices()[0].device_kind}
+
+
+def _torch_model(name: str, num_classes: int):
+    import torchvision
+
+    if name.endswith("_cifar"):
+        from cnnjax.bench_torch import cifar_resnet
+
+        depth = int(name.removeprefix("resnet").removesuffix("_cifar"))
+        return cifar_resnet(depth, num_classes)
+    return getattr(torchvision.models, name)(num_classes=num_classes)
+
+
+def _torch(job: dict) -> dict:
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    b, s, k = job["batch"], job["image_size"], _num_classes(job["model"])
+    model = _torch_model(job["model"], k).to(dev)
+    x = torch.randn(b, 3, s, s, device=dev)
+    y = torch.randint(0, k, (b,), device=dev)
+    if job["framework"] == "torch_channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    train = job["mode"] == "train"
+    model.train(train)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    amp = torch.autocast(dev, dtype=torch.bfloat16, enabled=job["dtype"] == "bfloat16")
+
+    def run_steps(n):
+        for _ in range(n):
+            if train:
+                with amp:
+                    loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            else:
+                with torch.no_grad(), amp:
+                    model(x)
+
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    sec = _time_windows(run_steps, sync, job["steps"], job["windows"])
+    kind = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    return {"step_ms": sec * 1e3, "compile_s": 0.0, "device": kind}
+
+
+def _pipeline(job: dict) -> dict:
+    """Batches per second out of the grain train pipeline (augmentation on, 2 threads)."""
+    from cnnjax.data import pipeline
+
+    source, info, data_cfg = pipeline_source(job["model"], job["batch"])
+
+    it = iter(pipeline.train_dataset(source, data_cfg, info, seed=0))
+    sec = _time_windows(lambda n: [next(it) for _ in range(n)], lambda: None, job["steps"],
+                        job["windows"])  # fmt: skip
+    return {"step_ms": sec * 1e3, "compile_s": 0.0, "device": "cpu"}
+
+
+def pipeline_source(name: str, batch: int):
+    """-> (source, DataInfo, data config) for 'digits' (the embedded set) or 'cifar_shaped'
+    (4,096 random 32x32x3 uint8 records, CIFAR-10's crop + flip augmentation)."""
+    import numpy as np
+
+    from cnnjax import configlib
+    from cnnjax.data import open_sources
+    from cnnjax.data.sources import DataInfo
+
+    cfg = configlib.base_config()
+    cfg.data.batch_size = batch
+    if name == "digits":
+        cfg.data.aug.crop_padding = 2
+        source, _, info = open_sources(cfg.data)
+        return source, info, cfg.data
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4096, 32, 32, 3), np.uint8)
+    labels = rng.integers(0, 10, 4096)
+    source = [{"image": images[i], "label": labels[i]} for i in range(len(images))]
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    info = DataInfo("cifar_shaped", 10, len(source), 0, (32, 32, 3), mean, std)
+    cfg.data.aug.crop_padding, cfg.data.aug.flip = 4, True
+    return source, info, cfg.data
+
+
+def run_worker(job: dict) -> dict:
+    fn = {"cnnjax": _cnnjax, "grain": _pipeline}.get(job["framework"], _torch)
+    result = fn(job)
+    return {
+        **{k: job[k] for k in ("model", "framework", "mode", "batch", "image_size", "dtype")},
+        "img_per_s": job["batch"] / (result["step_ms"] / 1e3),
+        **result,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def jobs(models, modes, frameworks, batch, image_size, dtype, conv, steps, windows, pipeline):
+    out = []
+    base = {"batch": batch, "dtype": dtype, "conv": conv, "steps": steps, "windows": windows}
+    for m in models:
+        size = _image_size(m, image_size)
+        for mode in modes:
+            for fw in frameworks:
+                out.append({**base, "model": m, "framework": fw, "mode": mode, "image_size": size})
+    if pipeline:
+        for name in ("digits", "cifar_shaped"):
+            out.append({**base, "model": name, "framework": "grain", "mode": "pipeline",
+                        "image_size": 32})  # fmt: skip
+    return out
+
+
+def measure(job: dict, timeout: int = 3600) -> dict:
+    """Runs one job in a fresh interpreter -> its result row (or an 'error' row)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnjax.bench", f"--worker={json.dumps(job)}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {k: job[k] for k in ("model", "framework", "mode", "batch")} | {"error": tail[0]}
+    return json.loads(lines[-1])
+
+
+def format_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['model']:<16} {r['framework']:<20} {r['mode']:<8} error: {r['error']}"
+    return (
+        f"{r['model']:<16} {r['framework']:<20} {r['mode']:<8} {r['batch']:>5} "
+        f"{r['image_size']:>4}px {r['img_per_s']:>9.1f} img/s {r['step_ms']:>9.1f} ms "
+        f"compile {r['compile_s']:>6.1f}s rss {r['peak_rss_mb']:>7.0f} MB"
+    )
+
+
+def _check_names(models: list[str], frameworks: list[str]) -> None:
+    from cnnjax import models as registry
+    from cnnjax.errors import ConfigError, unknown_name
+
+    for m in models:
+        if m not in registry.names():
+            raise unknown_name("model", m, registry.names())
+    for f in frameworks:
+        if f not in FRAMEWORKS:
+            raise ConfigError(f"unknown framework '{f}'; expected a subset of {list(FRAMEWORKS)}")
+
+
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        print(json.dumps(run_worker(json.loads(FLAGS.worker))), flush=True)
+        return
+    from cnnjax.errors import ConfigError
+
+    models = [m for m in FLAGS.models.split(",") if m]
+    frameworks = [f for f in FLAGS.frameworks.split(",") if f]
+    try:
+        _check_names(models, frameworks)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    modes = MODES if FLAGS.mode == "both" else (FLAGS.mode,)
+    if not FLAGS.json:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+    for job in jobs(models, modes, frameworks, FLAGS.batch, FLAGS.image_size, FLAGS.dtype,
+                    FLAGS.conv, FLAGS.steps, FLAGS.windows, FLAGS.pipeline):  # fmt: skip
+        row = measure(job)
+        row["load_avg_1m"] = os.getloadavg()[0]
+        print(json.dumps(row) if FLAGS.json else format_row(row), flush=True)
+
+
+if __name__ == "__main__":
+    import cnnjax  # noqa: F401  (sets XLA defaults before JAX starts)
+
+    app.run(main)

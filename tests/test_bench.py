@@ -1,0 +1,34 @@
+"""`python -m cnnjax.bench` smoke: one small model, one step, JSON rows for both frameworks
+and for the grain input pipeline; bad names exit 2."""
+
+import json
+
+from tests.conftest import run_cli
+
+KEYS = {"model", "framework", "mode", "batch", "image_size", "img_per_s", "compile_s",
+        "peak_rss_mb", "step_ms", "device", "dtype"}  # fmt: skip
+
+
+def test_bench_json_rows_for_cnnjax_torch_and_grain():
+    proc = run_cli("cnnjax.bench", "--models=resnet20_cifar", "--mode=train", "--batch=4",
+                   "--image_size=16", "--steps=1", "--windows=1",
+                   "--frameworks=cnnjax,torch_channels_last", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["framework"], r["mode"]) for r in rows] == [
+        ("cnnjax", "train"), ("torch_channels_last", "train"),
+        ("grain", "pipeline"), ("grain", "pipeline"),
+    ]  # fmt: skip
+    for r in rows:
+        assert "error" not in r, r
+        assert set(r) >= KEYS, r
+        assert r["batch"] == 4 and r["img_per_s"] > 0 and r["peak_rss_mb"] > 50
+    assert rows[0]["model"] == "resnet20_cifar" and rows[0]["image_size"] == 16
+    assert rows[0]["compile_s"] > 0  # the jitted step was compiled ahead of timing
+    assert [r["model"] for r in rows[2:]] == ["digits", "cifar_shaped"]
+
+
+def test_bench_bad_model_exits_2():
+    proc = run_cli("cnnjax.bench", "--models=resnet21", "--json")
+    assert proc.returncode == 2
+    assert "unknown model 'resnet21'" in proc.stderr
