@@ -24,9 +24,8 @@ def evaluate_workdir(workdir, step=None, split=None, batch_size=256) -> dict:
     from cnnjax import notebook
     from cnnjax.data import pipeline
     from cnnjax.data.sources import _builder, _source, resolve_data_dir
-    from cnnjax.metrics.classification import Sums
-    from cnnjax.metrics.classification import eval_sums
     from cnnjax.losses.classification import cross_entropy
+    from cnnjax.metrics.classification import Sums, eval_sums
 
     run = notebook.load(workdir, step=step)
     cfg = run.config
@@ -39,7 +38,9 @@ def evaluate_workdir(workdir, step=None, split=None, batch_size=256) -> dict:
     @jax.jit
     def sums_fn(variables, batch):
         logits, _ = run.model.apply(variables, batch["image"], train=False)
-        return eval_sums(logits, batch["label"], batch["mask"], cross_entropy(logits, batch["label"]))
+        return eval_sums(
+            logits, batch["label"], batch["mask"], cross_entropy(logits, batch["label"])
+        )
 
     sums = Sums()
     for batch in ds:

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import models, optim, workdir as wd
+from cnnjax import models, optim
+from cnnjax import workdir as wd
 from cnnjax.checkpointing import Checkpointer, abstract_like
 from cnnjax.data import open_sources
 from cnnjax.data.pipeline import preprocess_for
@@ -42,8 +43,7 @@ class LoadedRun:
             images = images[None]
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(
-                f"images must be uint8 [N, H, W, C] or [H, W, C], got {images.dtype} "
-                f"{images.shape}"
+                f"images must be uint8 [N, H, W, C] or [H, W, C], got {images.dtype} {images.shape}"
             )
         prep = preprocess_for(self.config.data, self.info, train=False)
         return np.stack(
@@ -77,7 +77,9 @@ def load(workdir, step: int | None = None) -> LoadedRun:
     shape = (config.data.image_size, config.data.image_size, info.image_shape[-1])
     tx, _ = optim.create(config.optim, 1)
     template = jax.eval_shape(
-        lambda: task.create_state(model, tx, jax.random.PRNGKey(0), shape)
+        lambda: task.create_state(
+            model, tx, jax.random.PRNGKey(0), shape, ema=config.train.get("ema_decay", 0) > 0
+        )
     )
     ckpt = Checkpointer(workdir / "checkpoints", keep=1_000_000, best_metric="accuracy")
     try:

@@ -13,11 +13,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cnnjax import guards, init_from, models, optim, sharding, speed, validate, workdir as wd
+from cnnjax import guards, init_from, models, optim, sharding, speed, validate
+from cnnjax import workdir as wd
 from cnnjax.checkpointing import Checkpointer, abstract_like
 from cnnjax.console import ProgressDisplay, format_duration, startup_summary
-from cnnjax.data import open_sources
-from cnnjax.data import pipeline
+from cnnjax.data import open_sources, pipeline
 from cnnjax.metrics.classification import Sums
 from cnnjax.tasks import classification as task
 from cnnjax.writers import MetricWriter
@@ -138,7 +138,9 @@ def _summary(run: Run, state, start_step: int) -> dict:
         "data": f"{run.info.name}: {run.info.num_train:,} train / {run.info.num_eval:,} eval, "
         f"{run.info.num_classes} classes, {c.data.image_size}px, batch {c.data.batch_size}",
         "steps": f"{run.num_steps:,} ({run.num_steps * c.data.batch_size / run.info.num_train:.1f}"
-        f" epochs), resuming at {start_step}" if start_step else f"{run.num_steps:,} "
+        f" epochs), resuming at {start_step}"
+        if start_step
+        else f"{run.num_steps:,} "
         f"({run.num_steps * c.data.batch_size / run.info.num_train:.1f} epochs)",
         "workdir": str(run.workdir),
     }
@@ -252,7 +254,9 @@ def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, gua
                     writer.write(step, "eval_ema", evaluate(run, eval_step, state.ema()))
                 progress.message(
                     f"eval @ {step}: "
-                    + " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items() if k != "num_examples")
+                    + " ".join(
+                        f"{k} {v:.4f}" for k, v in eval_metrics.items() if k != "num_examples"
+                    )
                 )
             if step % c.train.checkpoint_every_steps == 0 or final:
                 metrics = eval_metrics if step % c.eval.every_steps == 0 or final else None

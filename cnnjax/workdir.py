@@ -8,7 +8,13 @@ import ml_collections
 from cnnjax.errors import ConfigError
 
 # Changing any of these under a run makes its checkpoints meaningless for the new config.
-INCOMPATIBLE = ("data.name", "data.image_size", "model.name", "model.kwargs")
+INCOMPATIBLE = (
+    "data.name",
+    "data.image_size",
+    "model.name",
+    "model.kwargs",
+    "train.ema_decay",  # 0 <-> > 0 changes the checkpoint's layout
+)
 
 
 def _get(d: dict, dotted: str):

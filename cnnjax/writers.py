@@ -15,7 +15,7 @@ class MetricWriter:
         if not enabled:
             return
         workdir = Path(workdir)
-        self._jsonl = open(workdir / "metrics.jsonl", "a")
+        self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict) -> None:

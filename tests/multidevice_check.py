@@ -31,21 +31,30 @@ def train(workdir, devices, steps=3):
         state, m = train_step(state, sharding.to_global(next(it), run.mesh))
         losses.append(float(m["loss"]))
     metrics = trainer.evaluate(run, eval_step, state)
-    return jax.device_get(state.params), {**metrics, "train_losses": losses}, train_step._cache_size()
+    return (
+        jax.device_get(state.params),
+        {**metrics, "train_losses": losses},
+        train_step._cache_size(),
+    )
 
 
 def main(tmp):
     p1, m1, c1 = train(f"{tmp}/one", jax.devices()[:1])
     p8, m8, c8 = train(f"{tmp}/eight", jax.devices())
-    diffs = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8))]
-    print(json.dumps({
-        "num_devices": jax.device_count(),
-        "max_param_diff": max(diffs),
-        "eval_one": m1,
-        "eval_eight": m8,
-        "compiles_one": c1,
-        "compiles_eight": c8,
-    }))
+    pairs = zip(jax.tree.leaves(p1), jax.tree.leaves(p8), strict=True)
+    diffs = [float(np.max(np.abs(a - b))) for a, b in pairs]
+    print(
+        json.dumps(
+            {
+                "num_devices": jax.device_count(),
+                "max_param_diff": max(diffs),
+                "eval_one": m1,
+                "eval_eight": m8,
+                "compiles_one": c1,
+                "compiles_eight": c8,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

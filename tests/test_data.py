@@ -87,8 +87,13 @@ def test_process_shards_union_to_the_global_batch(digits):
     config, train, _, info = digits
     single = next(iter(pipeline.train_dataset(train, config.data, info, seed=1)))
     parts = [
-        next(iter(pipeline.train_dataset(train, config.data, info, seed=1, process_index=p,
-                                         process_count=2)))
+        next(
+            iter(
+                pipeline.train_dataset(
+                    train, config.data, info, seed=1, process_index=p, process_count=2
+                )
+            )
+        )
         for p in range(2)
     ]
     assert all(len(p["index"]) == config.data.batch_size // 2 for p in parts)
@@ -126,7 +131,7 @@ def test_transforms():
     norm = T.normalize(img, np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32))
     np.testing.assert_allclose(norm, (img - 0.5) / 0.25, rtol=1e-6)
     jit = T.color_jitter(img, 0.4, rng)
-    assert jit.shape == img.shape and 0 <= jit.min() and jit.max() <= 1
+    assert jit.shape == img.shape and jit.min() >= 0 and jit.max() <= 1
     noisy = T.add_noise(img, 0.1, rng)
     assert 0.05 < float((noisy - img).std()) < 0.15
     up = T.resize((img * 255).astype(np.uint8), 12)
@@ -160,7 +165,9 @@ def test_unprepared_catalogue_dataset_says_how_to_prepare(tmp_path):
     config = load_config("configs/resnet20_cifar.py", "smoke")
     with config.unlocked():
         config.data.data_dir = str(tmp_path)
-    with pytest.raises(ConfigError, match="not prepared.*tfds build cifar10 --file_format=array_record"):
+    with pytest.raises(
+        ConfigError, match="not prepared.*tfds build cifar10 --file_format=array_record"
+    ):
         open_sources(config.data)
 
 
@@ -169,8 +176,10 @@ def test_catalogue_dataset_through_tfds_mock_data(tmp_path):
     config = load_config("configs/resnet20_cifar.py", "smoke")
     with config.unlocked():
         config.data.data_dir = str(tmp_path)
-    with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE), \
-            mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+    with (
+        tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+    ):
         train, test, info = open_sources(config.data)
         assert (info.num_classes, info.image_shape, info.num_train) == (10, (32, 32, 3), 40)
         batch = next(iter(pipeline.train_dataset(train, config.data, info, seed=0)))

@@ -137,7 +137,9 @@ def open_sources(data_cfg):
         )
     shape = tuple(feats["image"].shape)
     if len(shape) != 3:
-        raise ConfigError(f"dataset '{data_cfg.name}' images have shape {shape}; expected (H, W, C)")
+        raise ConfigError(
+            f"dataset '{data_cfg.name}' images have shape {shape}; expected (H, W, C)"
+        )
     base = data_cfg.name.split("/")[0].split(":")[0]
     c = shape[-1]
     mean, std = _STATS.get(base, ((0.5,) * c, (0.25,) * c))

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-
 # Narrower inputs stay on XLA's convolution: measured on 2 Zen 3 cores (BENCHMARKS.md), im2col
 # ran ResNet-34's 64-512-channel layers 2x faster but the CIFAR ResNets' 16-64-channel
 # layers 1.7x slower than XLA's own convolution.

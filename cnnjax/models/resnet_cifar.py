@@ -29,7 +29,9 @@ class CifarBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         s = (self.strides, self.strides)
-        y = self.act(self.norm(name="bn1")(self.conv(self.features, (3, 3), s, _PAD, name="conv1")(x)))
+        y = self.act(
+            self.norm(name="bn1")(self.conv(self.features, (3, 3), s, _PAD, name="conv1")(x))
+        )
         y = self.norm(name="bn2")(self.conv(self.features, (3, 3), (1, 1), _PAD, name="conv2")(y))
         if self.shortcut is None:
             return self.act(y)
