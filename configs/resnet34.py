@@ -2,8 +2,8 @@
 
     ./launch.sh train --config=configs/resnet34.py --workdir=runs/resnet34
 
-reaches >= 97% test accuracy on digits (measured: see README results table) in a few
-minutes on a 2-core CPU. Arguments: `:smoke` (seconds, for tests).
+reached 98.61% test accuracy on digits (354 of 359) in 6m19s of wall time on an idle
+2-core CPU (2026-11-22, README results table). Arguments: `:smoke` (seconds, for tests).
 """
 
 from cnnjax import configlib
@@ -19,8 +19,8 @@ def get_config(arg=None):
     c.data.image_size = 16
     c.data.batch_size = 128
     c.data.aug.crop_padding = 2
-    # AdamW: on this small set SGD at lr 0.1 diverged early in some runs (93% after 400
-    # steps) while AdamW reached 92% test accuracy after 100 steps (see README results).
+    # AdamW: on this small set SGD at lr 0.1 was unstable early (93.3% after 400 steps),
+    # while AdamW reached 91.9% test accuracy after 100 steps and 98.6% after 400.
     c.optim.name = "adamw"
     c.optim.learning_rate = 2e-3
     c.optim.weight_decay = 0.05
