@@ -10,18 +10,30 @@ from collections.abc import Callable
 
 from cnnjax.errors import ConfigError, unknown_name
 from cnnjax.models import (
+    alexnet,
+    densenet,
     efficientnet,
+    googlenet,
+    lenet,
     mobilenet,
     preact_resnet,
     resnet,
     resnet_cifar,
     shufflenet,
+    squeezenet,
+    vgg,
     xception,
 )
 
 _REGISTRY: dict[str, Callable] = {
     **resnet.MODELS,
     **resnet_cifar.MODELS,
+    **lenet.MODELS,
+    **alexnet.MODELS,
+    **vgg.MODELS,
+    **googlenet.MODELS,
+    **densenet.MODELS,
+    **squeezenet.MODELS,
     **preact_resnet.MODELS,
     **xception.MODELS,
     **mobilenet.MODELS,

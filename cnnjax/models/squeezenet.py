@@ -1,0 +1,111 @@
+"""SqueezeNet 1.0 and 1.1 (Iandola et al. 2016) in torchvision's layout.
+
+A strided stem conv, fire modules (1x1 squeeze, then parallel 1x1 and 3x3 expands concatenated)
+between ceil-mode 3x3/2 max-pools, and a fully convolutional classifier: dropout, 1x1 conv to
+num_classes, ReLU, global average pool. 1.1 has a 3x3 stem and pools earlier (2.4x fewer MACs).
+
+Naming rule: a child of a torchvision nn.Sequential joins its parent with `_`, every other dot
+becomes `/`: `features.0` -> `features_0`, `features.3.expand3x3` -> `features_3/expand3x3`,
+`classifier.1` (the final conv) -> `classifier_1`. Initialisation follows torchvision
+(He-uniform convs, N(0, 0.01) final conv, zero biases).
+
+Features: 'stem' (after the first pool, stride 4), 'stage1' and 'stage2' (the last fire before
+the 2nd and 3rd pools, strides 4 and 8), 'stage3' (last fire, stride 16; at 224 px
+[B, 13, 13, 512]), 'pre_logits' [B, 512] (global mean of 'stage3').
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnnjax.errors import ConfigError
+from cnnjax.ops.pooling import max_pool
+
+ModuleDef = Any
+M = "M"  # a 3x3/2 ceil-mode max-pool in a layout
+
+MIN_SIZE = {"1_0": 21, "1_1": 17}  # as torchvision: smaller inputs leave a pool without output
+
+# (stem width, stem kernel, layout after features_2): fire modules as (squeeze, expand) widths.
+# fmt: off
+LAYOUTS = {
+    "1_0": (96, 7, ((16, 64), (16, 64), (32, 128), M, (32, 128), (48, 192), (48, 192),
+                    (64, 256), M, (64, 256))),
+    "1_1": (64, 3, ((16, 64), (16, 64), M, (32, 128), (32, 128), M, (48, 192), (48, 192),
+                    (64, 256), (64, 256))),
+}
+# fmt: on
+
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")  # torch kaiming_uniform_
+
+
+class Fire(nn.Module):
+    """squeeze 1x1 -> act -> concat(act(expand1x1), act(expand3x3)): 2 * expand channels."""
+
+    squeeze: int
+    expand: int
+    conv: ModuleDef
+    act: Callable
+
+    @nn.compact
+    def __call__(self, x):
+        x = self.act(self.conv(self.squeeze, (1, 1), name="squeeze")(x))
+        e1 = self.act(self.conv(self.expand, (1, 1), name="expand1x1")(x))
+        e3 = self.act(self.conv(self.expand, (3, 3), padding=((1, 1), (1, 1)), name="expand3x3")(x))
+        return jnp.concatenate([e1, e3], axis=-1)
+
+
+class SqueezeNet(nn.Module):
+    """SqueezeNet on NHWC images (224 px nominal; at least 21 px for 1.0, 17 px for 1.1)."""
+
+    num_classes: int
+    version: str = "1_0"
+    dropout_rate: float = 0.5
+    act: Callable = nn.relu
+    conv: ModuleDef = nn.Conv
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.version not in LAYOUTS:
+            raise ConfigError(
+                f"SqueezeNet version must be one of {sorted(LAYOUTS)}, got {self.version!r}"
+            )
+        if min(x.shape[1:3]) < MIN_SIZE[self.version]:
+            size = MIN_SIZE[self.version]
+            raise ConfigError(
+                f"SqueezeNet {self.version} needs images of at least {size}x{size} px, got "
+                f"{x.shape[1]}x{x.shape[2]}"
+            )
+        width, k, layout = LAYOUTS[self.version]
+        conv = functools.partial(self.conv, kernel_init=_conv_init, dtype=self.dtype)
+        x = self.act(
+            conv(width, (k, k), (2, 2), padding="VALID", name="features_0")(x.astype(self.dtype))
+        )
+        x = max_pool(x, 3, 2, ceil_mode=True)
+        feats = {"stem": x}
+        x = self._fires(x, layout, conv, feats)
+        feats["pre_logits"] = jnp.mean(x, axis=(1, 2))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        final = conv(
+            self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), name="classifier_1"
+        )
+        logits = jnp.mean(self.act(final(x)), axis=(1, 2))
+        return logits.astype(jnp.float32), feats
+
+    def _fires(self, x, layout: Sequence, conv, feats: dict):
+        stage = 1
+        for index, item in enumerate(layout, start=3):
+            if item == M:
+                feats[f"stage{stage}"] = x
+                x, stage = max_pool(x, 3, 2, ceil_mode=True), stage + 1
+            else:
+                x = Fire(*item, conv, self.act, name=f"features_{index}")(x)
+        feats[f"stage{stage}"] = x
+        return x
+
+
+MODELS = {f"squeezenet{v}": functools.partial(SqueezeNet, version=v) for v in LAYOUTS}
