@@ -11,8 +11,9 @@ import pytest
 from cnnjax import convert, models
 from cnnjax.errors import ConfigError
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+# torch is an optional extra; `./launch.sh test` installs it, so CI runs these tests.
+torch = pytest.importorskip("torch", reason="torch extra not installed (pip install -e .[torch])")
+torchvision = pytest.importorskip("torchvision", reason="torch extra not installed")
 
 pytestmark = pytest.mark.filterwarnings("ignore:The default weight initialization of GoogleNet")
 

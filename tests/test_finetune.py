@@ -17,8 +17,9 @@ from cnnjax.configlib import base_config
 from cnnjax.errors import ConfigError
 from cnnjax.tasks import classification as task
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+# torch is an optional extra; `./launch.sh test` installs it, so CI runs these tests.
+torch = pytest.importorskip("torch", reason="torch extra not installed (pip install -e .[torch])")
+torchvision = pytest.importorskip("torchvision", reason="torch extra not installed")
 
 _CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune.py"
 

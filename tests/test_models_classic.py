@@ -324,7 +324,7 @@ def test_max_pool_gradient_routes_to_the_window_maxima():
 
 
 def test_pooling_and_lrn_match_torch():
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="torch extra not installed")
     F = torch.nn.functional
     rng = np.random.default_rng(0)
     nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)

@@ -330,3 +330,10 @@ def test_one_jitted_train_step(name):
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in (logits, *feats.values()))
     last = feats[max(k for k in feats if k.startswith("stage"))]
     np.testing.assert_allclose(feats["pre_logits"], last.mean(axis=(1, 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_xception_too_small_is_a_clear_config_error():
+    model = models.create("xception", num_classes=10)
+    x = jnp.zeros((1, 31, 31, 3))
+    with pytest.raises(ConfigError, match="Xception needs images of at least 32x32 px, got 31x31"):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), x))

@@ -19,7 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.errors import ConfigError
+from cnnjax.models.layers import require_min_size
 from cnnjax.ops.pooling import adaptive_avg_pool
 
 ModuleDef = Any
@@ -52,11 +52,7 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if min(x.shape[1:3]) < MIN_SIZE:
-            raise ConfigError(
-                f"AlexNet needs images of at least {MIN_SIZE}x{MIN_SIZE} px, got "
-                f"{x.shape[1]}x{x.shape[2]}"
-            )
+        require_min_size(x, MIN_SIZE, "AlexNet")
         conv = functools.partial(self.conv, dtype=self.dtype)
         norm = local_response_norm if self.lrn else lambda y: y
         pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))

@@ -23,7 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.errors import ConfigError
+from cnnjax.models.layers import require_min_size
 
 ModuleDef = Any
 
@@ -100,11 +100,7 @@ class DenseNet(nn.Module):
     def __call__(self, x, train: bool = False):
         # The stem divides by 4 (rounding up) and each transition halves: the last block needs 1 px.
         min_size = 4 * (2 ** (len(self.block_config) - 1) - 1) + 1
-        if min(x.shape[1:3]) < min_size:
-            raise ConfigError(
-                f"DenseNet with {len(self.block_config)} blocks needs images of at least "
-                f"{min_size}x{min_size} px, got {x.shape[1]}x{x.shape[2]}"
-            )
+        require_min_size(x, min_size, f"DenseNet with {len(self.block_config)} blocks")
         conv = functools.partial(
             self.conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype
         )

@@ -23,7 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.errors import ConfigError
+from cnnjax.models.layers import require_min_size
 from cnnjax.ops.pooling import adaptive_avg_pool, max_pool
 
 ModuleDef = Any
@@ -112,11 +112,7 @@ class GoogLeNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if min(x.shape[1:3]) < MIN_SIZE:
-            raise ConfigError(
-                f"GoogLeNet needs images of at least {MIN_SIZE}x{MIN_SIZE} px, got "
-                f"{x.shape[1]}x{x.shape[2]}"
-            )
+        require_min_size(x, MIN_SIZE, "GoogLeNet")
         conv = functools.partial(self.conv, use_bias=False, kernel_init=_init, dtype=self.dtype)
         norm = functools.partial(
             self.norm, use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype

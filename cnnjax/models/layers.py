@@ -86,3 +86,11 @@ def feature_name(stride: int) -> str:
     stride: 'stage1' /4, 'stage2' /8, 'stage3' /16, 'stage4' /32 (the map that is pooled).
     """
     return "stem" if stride <= 2 else f"stage{stride.bit_length() - 2}"
+
+
+def require_min_size(x, size: int, what: str) -> None:
+    """ConfigError naming `what` if NHWC `x` is smaller than `size` x `size` pixels."""
+    if min(x.shape[1:3]) < size:
+        raise ConfigError(
+            f"{what} needs images of at least {size}x{size} px, got {x.shape[1]}x{x.shape[2]}"
+        )

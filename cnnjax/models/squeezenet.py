@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
+from cnnjax.models.layers import require_min_size
 from cnnjax.ops.pooling import max_pool
 
 ModuleDef = Any
@@ -74,12 +75,7 @@ class SqueezeNet(nn.Module):
             raise ConfigError(
                 f"SqueezeNet version must be one of {sorted(LAYOUTS)}, got {self.version!r}"
             )
-        if min(x.shape[1:3]) < MIN_SIZE[self.version]:
-            size = MIN_SIZE[self.version]
-            raise ConfigError(
-                f"SqueezeNet {self.version} needs images of at least {size}x{size} px, got "
-                f"{x.shape[1]}x{x.shape[2]}"
-            )
+        require_min_size(x, MIN_SIZE[self.version], f"SqueezeNet {self.version}")
         width, k, layout = LAYOUTS[self.version]
         conv = functools.partial(self.conv, kernel_init=_conv_init, dtype=self.dtype)
         x = self.act(

@@ -20,7 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.errors import ConfigError
+from cnnjax.models.layers import require_min_size
 from cnnjax.ops.pooling import adaptive_avg_pool
 
 ModuleDef = Any
@@ -75,11 +75,7 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if min(x.shape[1:3]) < MIN_SIZE:
-            raise ConfigError(
-                f"VGG needs images of at least {MIN_SIZE}x{MIN_SIZE} px, got "
-                f"{x.shape[1]}x{x.shape[2]}"
-            )
+        require_min_size(x, MIN_SIZE, "VGG")
         feats = {}
         x = self._features(x.astype(self.dtype), train, feats)
         x = adaptive_avg_pool(x, 7)

@@ -25,8 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.errors import ConfigError
-from cnnjax.models.layers import feature_name
+from cnnjax.models.layers import feature_name, require_min_size
 
 ModuleDef = Any
 MIN_SIZE = 32  # the two unpadded stem convs and five /2 reductions need >= 1 px at the end
@@ -95,11 +94,7 @@ class Xception(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if min(x.shape[1:3]) < MIN_SIZE:
-            raise ConfigError(
-                f"Xception needs images of at least {MIN_SIZE}x{MIN_SIZE} px, got "
-                f"{x.shape[1]}x{x.shape[2]}"
-            )
+        require_min_size(x, MIN_SIZE, "Xception")
         conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(
             self.norm,
