@@ -19,6 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/resnet20_cifar.py:digits,smoke"
+MODES = ("step", "save", "cleanup")
 
 
 def command(workdir: Path, steps: int) -> list[str]:
@@ -50,17 +51,21 @@ def _saving(workdir: Path) -> bool:
 
 def kill_once(workdir: Path, steps: int, target: int, mode: str, rng, log) -> bool:
     """Starts the run, SIGKILLs it once it has trained past `target` (mode 'step': after a
-    random delay; 'save': as soon as a checkpoint save is in flight). -> False if the run
-    finished before it could be killed."""
+    random delay; 'save': as soon as a checkpoint save is in flight; 'cleanup': the moment a
+    save is committed, when Orbax deletes checkpoints the retention policy drops).
+    -> False if the run finished before it could be killed."""
     proc = subprocess.Popen(
         command(workdir, steps), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log
     )
     while proc.poll() is None and _records_step(workdir) < target:
         time.sleep(0.02)
-    if mode == "save":
+    if mode in ("save", "cleanup"):
         while proc.poll() is None and not _saving(workdir):
             time.sleep(0.005)
-    else:
+    if mode == "cleanup":
+        while proc.poll() is None and _saving(workdir):
+            time.sleep(0.001)
+    elif mode == "step":
         time.sleep(rng.uniform(0.0, 0.5))
     if proc.poll() is not None:
         return False
@@ -111,16 +116,21 @@ def differences(a: Path, b: Path) -> list[str]:
     return out
 
 
-def run_chaos(kills: int, steps: int, seed: int, root: Path) -> tuple[int, list[str]]:
-    """-> (kills made, differences from the uninterrupted run)."""
+def run_chaos(
+    kills: int, steps: int, seed: int, root: Path, reference: Path | None = None
+) -> tuple[int, list[str]]:
+    """-> (kills made, differences from the uninterrupted run). `reference`: the workdir of
+    a finished uninterrupted run of `command(..., steps)`; by default one is run first."""
     rng = random.Random(seed)
-    reference, chaotic = root / "reference", root / "chaos"
+    chaotic = root / "chaos"
     with open(root / "train.log", "a") as log:
-        subprocess.run(command(reference, steps), cwd=ROOT, check=True, stdout=log, stderr=log)
+        if reference is None:
+            reference = root / "reference"
+            subprocess.run(command(reference, steps), cwd=ROOT, check=True, stdout=log, stderr=log)
         made = 0
         targets = sorted(rng.sample(range(1, steps - 1), kills))
         for target in targets:
-            mode = rng.choice(["step", "save"])
+            mode = rng.choice(MODES)
             made += kill_once(chaotic, steps, target, mode, rng, log)
         done = subprocess.run(command(chaotic, steps), cwd=ROOT, stdout=log, stderr=log)
     if done.returncode != 0:

@@ -64,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.conv = "auto"  # auto (im2col on CPU, XLA's conv elsewhere) | xla | patch
     c.train.grad_accum_steps = 1  # > 1 sums gradients over this many micro-batches per step
     c.train.ema_decay = 0.0  # > 0 keeps an EMA of params and BN stats, evaluated as 'eval_ema'
-    c.train.compilation_cache_dir = ""  # '' = <workdir>/../.jax_cache; 'off' = no cache
+    # '' = $CNNJAX_COMPILATION_CACHE_DIR if set, else <workdir>/../.jax_cache; 'off' = none
+    c.train.compilation_cache_dir = ""
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 500

@@ -3,7 +3,9 @@ opt-in log of the record ids each step trained on (`workdir/records.jsonl`)."""
 
 import contextlib
 import json
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -27,24 +29,69 @@ class NonFiniteError(RuntimeError):
 
 
 class Preemption:
-    """A flag set by SIGTERM, checked once per step (the handler itself does no work)."""
+    """SIGTERM handling. The Python handler only sets `requested`, which the train loop checks
+    once per step (it then saves and exits). A Python handler cannot run while the main
+    thread is inside XLA (compiling the first step can take tens of seconds), so a watcher
+    thread also wakes on the signal (`signal.set_wakeup_fd`): if nothing has been trained
+    since the process started (`mark_progress` not yet called), there is nothing to save and
+    it exits at once with `exit_code`; otherwise it leaves the save to the loop.
+    """
 
-    def __init__(self):
+    def __init__(self, exit_code: int | None = None):
         self.requested = False
+        self.exit_code = exit_code
+        self._progress = False
+        self._lock = threading.Lock()
+
+    def mark_progress(self) -> None:
+        """Called before the first step is dispatched: from now on SIGTERM means 'save'."""
+        with self._lock:
+            self._progress = True
 
     @contextlib.contextmanager
     def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signal handlers can only be set from the main thread
+        if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+            # Signal handlers can only be set from the main thread. With jax.distributed,
+            # JAX's own preemption notifier owns SIGTERM (Orbax's reached_preemption).
+            yield self
             return
         previous = signal.signal(signal.SIGTERM, self._handle)
+        wake_r = wake_w = None
+        old_fd = -1
+        if self.exit_code is not None:
+            wake_r, wake_w = os.pipe()
+            os.set_blocking(wake_w, False)
+            old_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+            threading.Thread(target=self._watch, args=(wake_r,), daemon=True).start()
         try:
             yield self
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if wake_w is not None:
+                signal.set_wakeup_fd(old_fd)
+                os.close(wake_w)  # ends the watcher (read returns b"")
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+
+    def _watch(self, fd: int) -> None:
+        """Reads signal numbers until `installed` closes the write end."""
+        try:
+            while got := os.read(fd, 64):
+                if signal.SIGTERM not in got:
+                    continue
+                with self._lock:
+                    if self._progress:
+                        continue  # the loop saves at its next step
+                    print(
+                        "preempted (SIGTERM) before the first step: nothing new to save; "
+                        "rerun to resume",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    os._exit(self.exit_code)
+        finally:
+            os.close(fd)
 
 
 def guarded_step(state, batch, *, step_fn, skip_nonfinite: bool):

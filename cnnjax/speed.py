@@ -5,6 +5,7 @@ The trainer applies them; models only ever see plain `dtype=` and `conv=` fields
 """
 
 import logging
+import os
 from pathlib import Path
 
 import jax
@@ -15,6 +16,7 @@ from cnnjax.models.patch_conv import CONVS, conv_for_backend
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONV_CHOICES = ("auto", *CONVS)
+CACHE_ENV = "CNNJAX_COMPILATION_CACHE_DIR"
 
 
 def check(train_cfg, global_batch: int, num_devices: int) -> None:
@@ -66,11 +68,13 @@ def _uses_flax_conv(conv) -> bool:
 
 
 def cache_dir(train_cfg, workdir) -> str | None:
-    """The persistent compilation cache directory, or None when it is off."""
-    d = train_cfg.compilation_cache_dir
+    """The persistent compilation cache directory, or None when it is off: the config's,
+    else $CNNJAX_COMPILATION_CACHE_DIR (e.g. one shared cache for a cluster's jobs), else
+    `<workdir>/../.jax_cache`."""
+    d = train_cfg.compilation_cache_dir or os.environ.get(CACHE_ENV, "")
     if d == "off":
         return None
-    return str(Path(d) if d else Path(workdir).absolute().parent / ".jax_cache")
+    return str(Path(d).absolute() if d else Path(workdir).absolute().parent / ".jax_cache")
 
 
 def enable_compilation_cache(train_cfg, workdir) -> str | None:

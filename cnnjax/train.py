@@ -4,6 +4,8 @@ Multi-host: add --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 process, or start it with `srun` (see experiments/slurm_train.sbatch).
 """
 
+import os
+import signal
 import sys
 
 from absl import app, flags
@@ -55,7 +57,15 @@ def main(argv):
         sys.exit(EXIT_PREEMPTED)
 
 
+def _exit_preempted_during_startup(signum, frame):
+    # Until the trainer installs its own handler nothing has been trained: exit at once.
+    print("preempted (SIGTERM) during start-up: nothing to save; rerun to resume",
+          file=sys.stderr, flush=True)  # fmt: skip
+    os._exit(EXIT_PREEMPTED)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_preempted_during_startup)
     import cnnjax  # noqa: F401  (sets XLA defaults before JAX starts)
 
     app.run(main, flags_parser=parse_flags)

@@ -5,6 +5,7 @@ Phases: set up (validate, open data, build model) -> initialise or resume -> tra
 jitted once over a ('data',) mesh.
 """
 
+import collections
 import dataclasses
 import functools
 import time
@@ -18,9 +19,12 @@ from cnnjax import workdir as wd
 from cnnjax.checkpointing import Checkpointer, abstract_like
 from cnnjax.console import ProgressDisplay, format_duration, startup_summary
 from cnnjax.data import open_sources, pipeline
+from cnnjax.errors import EXIT_PREEMPTED
 from cnnjax.metrics.classification import Sums
 from cnnjax.tasks import classification as task
 from cnnjax.writers import MetricWriter
+
+MAX_IN_FLIGHT = 2  # train steps dispatched ahead of the one the loop waits for
 
 
 @dataclasses.dataclass
@@ -112,8 +116,9 @@ def compile_steps(run: Run, state):
     return train_step, eval_step
 
 
-def evaluate(run: Run, eval_step, state) -> dict:
-    """Exact metrics over the whole (padded) eval split."""
+def evaluate(run: Run, eval_step, state, stop=None) -> dict | None:
+    """Exact metrics over the whole (padded) eval split; None if `stop()` became true
+    (preemption) before the split was done."""
     ds, _ = pipeline.eval_dataset(
         run.eval_source,
         run.config.data,
@@ -124,6 +129,8 @@ def evaluate(run: Run, eval_step, state) -> dict:
     )
     sums = Sums()
     for batch in ds:
+        if stop is not None and stop():
+            return None
         sums.add(eval_step(state, sharding.to_global(batch, run.mesh)))
     return sums.classification()
 
@@ -157,6 +164,12 @@ def train_and_evaluate(config, workdir) -> dict:
     Raises guards.Preempted after saving a checkpoint on SIGTERM, guards.NonFiniteError on a
     NaN/Inf step (train.nan_policy 'stop'), ConfigError if checkpoints exist but none restores.
     """
+    preemption = guards.Preemption(exit_code=EXIT_PREEMPTED)
+    with preemption.installed():  # SIGTERM before the first step: exit at once
+        return _train_and_evaluate(config, workdir, preemption)
+
+
+def _train_and_evaluate(config, workdir, preemption) -> dict:
     run = setup(config, workdir)
     c = run.config
     ckpt = Checkpointer(
@@ -178,19 +191,26 @@ def train_and_evaluate(config, workdir) -> dict:
         )
         data_iter = iter(train_ds)
         start, state, skipped = _resume(run, ckpt, state, data_iter)
-        if start >= run.num_steps:
-            if run.is_main:
-                print(f"run in {run.workdir} already finished at step {start}; nothing to do")
-            return _last_eval(run.workdir)
         train_step, eval_step = compile_steps(run, state)
+        if start >= run.num_steps:
+            last = _last_eval(run.workdir, start)
+            if last is not None:
+                if run.is_main:
+                    print(f"run in {run.workdir} already finished at step {start}; nothing to do")
+                return last
         writer = MetricWriter(run.workdir, enabled=run.is_main)
+        if start >= run.num_steps:  # preempted during the final evaluation: finish it
+            final = evaluate(run, eval_step, state)
+            writer.write(start, "eval", final)
+            if c.train.ema_decay > 0:
+                writer.write(start, "eval_ema", evaluate(run, eval_step, state.ema()))
+            return final
         if c.train.record_log:
             records = guards.RecordLog(run.workdir, start, jax.process_index())
         finite = guards.FiniteCheck(c.train.nan_policy, skipped)
-        guard = _Guard(guards.Preemption(), finite, records)
+        guard = _Guard(preemption, finite, records)
         startup_summary(_summary(run, state, start), enabled=run.is_main)
-        with guard.preemption.installed():
-            return _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, guard)
+        return _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, guard)
     finally:
         ckpt.close()  # waits for async saves; raises if one failed
         for f in (writer, records):
@@ -225,11 +245,22 @@ def _save(ckpt, step, state, data_iter, guard, metrics=None) -> None:
 def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, guard) -> dict:
     c = run.config
     progress = ProgressDisplay(run.num_steps, start, enabled=run.is_main)
-    window, t_start, eval_metrics, saved = [], time.perf_counter(), {}, start
+    window, t_start, eval_metrics, saved, evaluated = [], time.perf_counter(), {}, start, None
+    in_flight = collections.deque()
+    # One process: our SIGTERM flag. Several: only Orbax's preemption sync point, which every
+    # process reaches at the same step (a local flag would split the processes' control flow).
+    single = jax.process_count() == 1
+    preempted = (lambda: guard.preemption.requested) if single else (lambda: False)
+    guard.preemption.mark_progress()  # from here on SIGTERM saves before exiting
     try:
         for step in range(start + 1, run.num_steps + 1):
             host_batch = next(data_iter)
             state, metrics = train_step(state, sharding.to_global(host_batch, run.mesh))
+            # At most MAX_IN_FLIGHT steps queued: the loop must not run far ahead of the
+            # device, or a SIGTERM save would first wait for every queued step.
+            in_flight.append(metrics["loss"])
+            if len(in_flight) > MAX_IN_FLIGHT:
+                in_flight.popleft().block_until_ready()
             guard.finite.add(step, metrics.pop("nonfinite"), host_batch["index"])
             if guard.records is not None:
                 guard.records.append(step, host_batch["index"])
@@ -246,12 +277,19 @@ def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, gua
                     logged["skipped_steps"] = guard.finite.skipped
                 writer.write(step, "train", logged)
                 progress.log(step, {k: logged[k] for k in ("loss", "accuracy")})
-            if step % c.eval.every_steps == 0 or final:
+            if (step % c.eval.every_steps == 0 or final) and not preempted():
                 guard.finite.flush()
-                eval_metrics = evaluate(run, eval_step, state)
+                eval_metrics = evaluate(run, eval_step, state, stop=preempted)
+                if eval_metrics is None:  # SIGTERM during eval: save now, evaluate on resume
+                    _save(ckpt, step, state, data_iter, guard)
+                    ckpt.finish()
+                    raise guards.Preempted(step)
                 writer.write(step, "eval", eval_metrics)
+                evaluated = step
                 if c.train.ema_decay > 0:
-                    writer.write(step, "eval_ema", evaluate(run, eval_step, state.ema()))
+                    ema_metrics = evaluate(run, eval_step, state.ema(), stop=preempted)
+                    if ema_metrics is not None:
+                        writer.write(step, "eval_ema", ema_metrics)
                 progress.message(
                     f"eval @ {step}: "
                     + " ".join(
@@ -259,10 +297,10 @@ def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, gua
                     )
                 )
             if step % c.train.checkpoint_every_steps == 0 or final:
-                metrics = eval_metrics if step % c.eval.every_steps == 0 or final else None
+                metrics = eval_metrics if evaluated == step else None
                 _save(ckpt, step, state, data_iter, guard, metrics=metrics)
                 saved = step
-            if guard.preemption.requested or ckpt.reached_preemption(step):
+            if preempted() or ckpt.reached_preemption(step):
                 if saved != step:
                     _save(ckpt, step, state, data_iter, guard)
                 ckpt.finish()
@@ -279,10 +317,11 @@ def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, gua
     return eval_metrics
 
 
-def _last_eval(workdir) -> dict:
+def _last_eval(workdir, step: int) -> dict | None:
+    """The eval metrics logged at `step`, or None if the run stopped before logging them."""
     from cnnjax.writers import read_metrics
 
-    rows = [r for r in read_metrics(workdir) if r.get("split") == "eval"]
+    rows = [r for r in read_metrics(workdir) if r.get("split") == "eval" and r["step"] == step]
     if not rows:
-        return {}
+        return None
     return {k: v for k, v in rows[-1].items() if k not in ("step", "split")}

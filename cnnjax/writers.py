@@ -2,9 +2,13 @@
 
 import json
 import math
+import time
 from pathlib import Path
 
-from tensorboardX import SummaryWriter
+# TensorBoard's own event writer: pure Python, no TensorFlow (tensorboardX would import torch
+# whenever it is installed, 2-3 s of every start).
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
 class MetricWriter:
@@ -16,7 +20,7 @@ class MetricWriter:
             return
         workdir = Path(workdir)
         self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        self._tb = EventFileWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict) -> None:
         if not self.enabled:
@@ -25,9 +29,15 @@ class MetricWriter:
         row = {"step": int(step), "split": split, **clean}
         self._jsonl.write(json.dumps(row, allow_nan=True) + "\n")
         self._jsonl.flush()
-        for k, v in clean.items():
-            if isinstance(v, float) and not math.isnan(v):
-                self._tb.add_scalar(f"{split}/{k}", v, int(step))
+        values = [
+            summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=v)
+            for k, v in clean.items()
+            if not isinstance(v, bool) and not math.isnan(v)
+        ]
+        event = event_pb2.Event(
+            wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+        )
+        self._tb.add_event(event)
         self._tb.flush()
 
     def close(self) -> None:
