@@ -5,6 +5,7 @@ from collections.abc import Iterable
 
 EXIT_BAD_INPUT = 2  # also: checkpoints exist but none can be restored
 EXIT_NONFINITE = 3  # a NaN/Inf step with train.nan_policy='stop'
+EXIT_PEER_FAILED = 4  # multi-process: another process of the run died (see guards.PeerFailed)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM, a checkpoint was saved; rerun to resume
 
 

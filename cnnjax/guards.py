@@ -24,6 +24,20 @@ class Preempted(Exception):
         self.step = step
 
 
+class PeerFailed(RuntimeError):
+    """Multi-process run: a collective or JAX's distributed runtime failed on this process,
+    almost always because another process of the run died."""
+
+    def __init__(self, process_index: int, process_count: int, cause: Exception):
+        first = (str(cause).strip().splitlines() or [""])[0][:300]
+        super().__init__(
+            f"process {process_index} of {process_count}: a collective failed, most likely "
+            f"because another process of this run died ({type(cause).__name__}: {first}). "
+            "Checkpoints on disk are intact; restart every process with the same command "
+            "to resume."
+        )
+
+
 class NonFiniteError(RuntimeError):
     """A step produced a NaN/Inf loss, gradient or parameter (train.nan_policy='stop')."""
 

@@ -11,7 +11,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cnnjax.errors import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED, ConfigError
+from cnnjax.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_NONFINITE,
+    EXIT_PEER_FAILED,
+    EXIT_PREEMPTED,
+    ConfigError,
+)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -55,6 +61,11 @@ def main(argv):
     except guards.Preempted as e:
         print(str(e), file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
+    except guards.PeerFailed as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        # Not sys.exit: JAX's exit hook would wait at a shutdown barrier for the dead peer
+        # (until the heartbeat timeout, then abort).
+        os._exit(EXIT_PEER_FAILED)
 
 
 def _exit_preempted_during_startup(signum, frame):

@@ -179,6 +179,7 @@ def _train_and_evaluate(config, workdir, preemption) -> dict:
         tidy=run.is_main,
     )
     writer = records = None
+    peer_failed = False
     try:
         state = init_state(run)
         train_ds = pipeline.train_dataset(
@@ -211,8 +212,16 @@ def _train_and_evaluate(config, workdir, preemption) -> dict:
         guard = _Guard(preemption, finite, records)
         startup_summary(_summary(run, state, start), enabled=run.is_main)
         return _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, guard)
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        # A collective failed: another process of this run died. Waiting for this process's
+        # async save would block on the dead peer; restart resumes from the last whole one.
+        peer_failed = True
+        raise guards.PeerFailed(jax.process_index(), jax.process_count(), e) from e
     finally:
-        ckpt.close()  # waits for async saves; raises if one failed
+        if not peer_failed:
+            ckpt.close()  # waits for async saves; raises if one failed
         for f in (writer, records):
             if f is not None:
                 f.close()

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from cnnjax import distributed
 from cnnjax.errors import ConfigError
 from tests.conftest import ROOT
+
+SMOKE = "configs/resnet20_cifar.py:digits,smoke"
 
 
 def test_single_process_and_slurm_detection():
@@ -68,3 +71,53 @@ def test_two_processes_match_one(tmp_path):
     assert max(float(np.abs(p1[k] - p2[k]).max()) for k in p1.files) < 1e-3
     assert one["eval"]["num_examples"] == two["eval"]["num_examples"] == 64
     assert abs(one["eval"]["loss"] - two["eval"]["loss"]) < 1e-2 * max(1.0, one["eval"]["loss"])
+
+
+def test_when_one_process_dies_the_other_exits_with_a_clear_error(tmp_path):
+    """Process 1 is killed mid-run: process 0 (the coordinator) stops at its next collective
+    with exit code 4 and a message, instead of hanging or aborting at JAX's shutdown
+    barrier after the 100 s heartbeat timeout."""
+    from cnnjax.errors import EXIT_PEER_FAILED
+    from cnnjax.guards import read_records
+
+    port, workdir = _free_port(), tmp_path / "run"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cnnjax.train",
+                f"--config={SMOKE}",
+                f"--workdir={workdir}",
+                "--config.train.num_steps=100000",
+                "--config.train.record_log=True",
+                "--config.eval.every_steps=100000",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    try:
+        deadline = time.time() + 300
+        while len(read_records(workdir / "records.jsonl")) < 2:
+            assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-2000:]
+            assert time.time() < deadline, "the two processes did not start training"
+            time.sleep(0.1)
+        procs[1].kill()
+        killed = time.perf_counter()
+        _, err = procs[0].communicate(timeout=180)
+        took = time.perf_counter() - killed
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode == EXIT_PEER_FAILED, err[-3000:]
+    assert "most likely because another process of this run died" in err
+    assert took < 120, f"the surviving process took {took:.0f} s to exit"
