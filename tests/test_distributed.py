@@ -3,6 +3,7 @@ training to the same result as 1 process with the same global batch."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,51 +74,71 @@ def test_two_processes_match_one(tmp_path):
     assert abs(one["eval"]["loss"] - two["eval"]["loss"]) < 1e-2 * max(1.0, one["eval"]["loss"])
 
 
-def test_when_one_process_dies_the_other_exits_with_a_clear_error(tmp_path):
-    """Process 1 is killed mid-run: process 0 (the coordinator) stops at its next collective
-    with exit code 4 and a message, instead of hanging or aborting at JAX's shutdown
-    barrier after the 100 s heartbeat timeout."""
-    from cnnjax.errors import EXIT_PEER_FAILED
-    from cnnjax.guards import read_records
-
-    port, workdir = _free_port(), tmp_path / "run"
+def _start_two(workdir):
+    port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [
+    args = [sys.executable, "-m", "cnnjax.train", f"--config={SMOKE}", f"--workdir={workdir}",
+            "--config.train.num_steps=100000", "--config.train.record_log=True",
+            "--config.train.checkpoint_every_steps=100000", "--config.eval.every_steps=100000",
+            f"--coordinator_address=localhost:{port}", "--num_processes=2"]  # fmt: skip
+    return [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cnnjax.train",
-                f"--config={SMOKE}",
-                f"--workdir={workdir}",
-                "--config.train.num_steps=100000",
-                "--config.train.record_log=True",
-                "--config.eval.every_steps=100000",
-                f"--coordinator_address=localhost:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
+            [*args, f"--process_id={i}"],
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-        )
+        )  # fmt: skip
         for i in range(2)
     ]
+
+
+def _wait_training(procs, workdir, past_step):
+    from cnnjax.guards import read_records
+
+    deadline = time.time() + 300
+    while not read_records(workdir / "records.jsonl") or (
+        read_records(workdir / "records.jsonl")[-1]["step"] <= past_step
+    ):
+        assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-2000:]
+        assert time.time() < deadline, "the two processes did not start training"
+        time.sleep(0.1)
+
+
+def test_two_processes_preempt_together_and_exit_together_when_one_dies(tmp_path):
+    """SIGTERM to process 1 only: JAX's preemption sync makes both save the same step and
+    exit 75. After the restart (resuming there) process 1 is killed: process 0, the
+    coordinator, exits 4 with a message at its next collective instead of hanging, or
+    aborting at JAX's shutdown barrier after the 100 s heartbeat timeout."""
+    from cnnjax.errors import EXIT_PEER_FAILED, EXIT_PREEMPTED
+
+    workdir = tmp_path / "run"
+    procs = _start_two(workdir)
     try:
-        deadline = time.time() + 300
-        while len(read_records(workdir / "records.jsonl")) < 2:
-            assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-2000:]
-            assert time.time() < deadline, "the two processes did not start training"
-            time.sleep(0.1)
+        _wait_training(procs, workdir, 1)
+        procs[1].send_signal(signal.SIGTERM)
+        out = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2, out[0][1][-2000:]
+    steps = [int(err.split("saved a checkpoint at step ")[1].split(";")[0]) for _, err in out]
+    assert steps[0] == steps[1] > 1
+    ckpts = sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert ckpts == [str(steps[0])]
+
+    procs = _start_two(workdir)
+    try:
+        _wait_training(procs, workdir, steps[0] + 1)
         procs[1].kill()
         killed = time.perf_counter()
-        _, err = procs[0].communicate(timeout=180)
+        stdout, err = procs[0].communicate(timeout=180)
         took = time.perf_counter() - killed
     finally:
         for p in procs:
             p.kill()
+    assert f"resuming at {steps[0]}" in stdout
     assert procs[0].returncode == EXIT_PEER_FAILED, err[-3000:]
     assert "most likely because another process of this run died" in err
     assert took < 120, f"the surviving process took {took:.0f} s to exit"
