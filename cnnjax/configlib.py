@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet34"
     c.model.kwargs = ml_collections.ConfigDict()
+    # Weight of each auxiliary head's loss (models returning features['aux_logits'], e.g.
+    # googlenet with kwargs.aux_logits=True); 0.3 as in the GoogLeNet paper.
+    c.model.aux_loss_weight = 0.3
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"  # sgd | adamw

@@ -104,6 +104,7 @@ def compile_steps(run: Run, state):
         label_smoothing=run.config.train.label_smoothing,
         grad_accum_steps=run.config.train.grad_accum_steps,
         ema_decay=run.config.train.ema_decay,
+        aux_loss_weight=run.config.model.aux_loss_weight,
     )
     skip = run.config.train.nan_policy == "skip"
     train_step = jax.jit(

@@ -27,6 +27,7 @@ def check_values(config, num_processes: int = 1, num_devices: int = 1) -> None:
     _positive(t.log_every_steps, "train.log_every_steps")
     _positive(t.checkpoint_every_steps, "train.checkpoint_every_steps")
     _positive(config.eval.every_steps, "eval.every_steps")
+    _positive(config.model.aux_loss_weight, "model.aux_loss_weight", allow_zero=True)
     if not 0 <= t.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing!r}")
     for name, value, allowed in [

@@ -211,10 +211,10 @@ def test_googlenet_aux_heads_only_when_enabled_and_training():
         train = lambda v, m=model: m.apply(v, x, train=True, mutable=["batch_stats"], rngs=dropout)
         (_, train_feats), _ = jax.eval_shape(train, variables)
         _, eval_feats = jax.eval_shape(model.apply, variables, x)
-        assert ("aux1" in train_feats) == ("aux2" in train_feats) == aux
-        assert "aux1" not in eval_feats and "aux2" not in eval_feats
+        assert ("aux_logits" in train_feats) == aux
+        assert "aux_logits" not in eval_feats
         if aux:
-            assert train_feats["aux1"].shape == train_feats["aux2"].shape == (2, 5)
+            assert [a.shape for a in train_feats["aux_logits"]] == [(2, 5), (2, 5)]
 
 
 def test_vgg_names_follow_torchvision_indices():

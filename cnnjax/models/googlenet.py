@@ -9,7 +9,8 @@ with it on, i.e. they expect pixels in [0, 1] scaled as (x - 0.5) / 0.5, not mea
 
 `aux_logits=True` adds the two auxiliary classifiers (after inception4a and 4d). They own
 parameters from init on but run only with train=True, where their logits come back in the
-features dict as 'aux1' and 'aux2' [B, num_classes] float32 (add them to the loss, weight 0.3).
+features dict as 'aux_logits' = (aux1, aux2), each [B, num_classes] float32; the
+classification task adds their losses with weight 0.3 (the paper's) to the main loss.
 
 Features: 'stem' (after maxpool1, stride 4, 64 ch), 'stage1' (conv3, stride 4, 192),
 'stage2' (inception3b, stride 8, 480), 'stage3' (inception4e, stride 16, 832), 'stage4'
@@ -132,18 +133,18 @@ class GoogLeNet(nn.Module):
         x = inception("3a")(max_pool(x, 3, 2, ceil_mode=True))
         feats["stage2"] = x = inception("3b")(x)
         x = inception("4a")(max_pool(x, 3, 2, ceil_mode=True))
-        aux_out = {"aux1": aux(name="aux1")(x, train)} if run_aux else {}
+        aux_out = [aux(name="aux1")(x, train)] if run_aux else []
         x = inception("4d")(inception("4c")(inception("4b")(x)))
         if run_aux:
-            aux_out["aux2"] = aux(name="aux2")(x, train)
+            aux_out.append(aux(name="aux2")(x, train))
         feats["stage3"] = x = inception("4e")(x)
         x = inception("5a")(max_pool(x, 2, 2, ceil_mode=True))
         feats["stage4"] = x = inception("5b")(x)
         feats["pre_logits"] = x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_init, name="fc")(x)
-        if train:
-            feats.update({k: v.astype(jnp.float32) for k, v in aux_out.items()})
+        if train and aux_out:
+            feats["aux_logits"] = tuple(a.astype(jnp.float32) for a in aux_out)
         return logits.astype(jnp.float32), feats
 
 

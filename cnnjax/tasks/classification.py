@@ -2,8 +2,12 @@
 
 `train_step` optionally accumulates gradients over micro-batches (`grad_accum_steps`) and
 keeps an exponential moving average of the weights (`ema_decay`); see their docstrings.
+A model whose training forward returns `features['aux_logits']` (a tuple of [B, K] logits,
+e.g. GoogLeNet's auxiliary classifiers) has their cross-entropy added to the loss, each
+weighted by `aux_loss_weight`; eval uses only the main logits.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -47,28 +51,36 @@ def create_state(model, tx, rng, image_shape, *, ema: bool = False) -> TrainStat
     )
 
 
-def _loss_and_grads(state, params, batch_stats, batch, rng, label_smoothing):
+def _loss_and_grads(state, params, batch_stats, batch, rng, label_smoothing, aux_loss_weight):
     """-> (sums of loss/correct/top5/count over the masked batch, new batch_stats, grads).
 
-    The gradient is of the summed (not mean) loss so that micro-batches add up exactly.
+    The gradient is of the summed (not mean) loss so that micro-batches add up exactly. With
+    auxiliary logits, 'loss' is main + aux_loss_weight * sum of the aux cross-entropies and
+    the sums also hold 'main_loss' and the unweighted 'aux_loss' (accuracy: main head only).
     """
 
     def loss_fn(params):
-        (logits, _), updates = state.apply_fn(
+        (logits, features), updates = state.apply_fn(
             {"params": params, "batch_stats": batch_stats},
             batch["image"],
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": rng},
         )
-        per_example = cross_entropy(logits, batch["label"], label_smoothing)
-        mask = batch["mask"]
+        labels, mask = batch["label"], batch["mask"]
+        per_example = cross_entropy(logits, labels, label_smoothing)
         sums = {
             "loss": (per_example * mask).sum(),
-            "accuracy": (topk_correct(logits, batch["label"], 1) * mask).sum(),
-            "top5_accuracy": (topk_correct(logits, batch["label"], 5) * mask).sum(),
+            "accuracy": (topk_correct(logits, labels, 1) * mask).sum(),
+            "top5_accuracy": (topk_correct(logits, labels, 5) * mask).sum(),
             "count": mask.sum(),
         }
+        aux_logits = features.get("aux_logits", ())
+        if aux_logits:
+            aux = sum(cross_entropy(a, labels, label_smoothing) for a in aux_logits)
+            sums["main_loss"] = sums["loss"]
+            sums["aux_loss"] = (aux * mask).sum()
+            sums["loss"] = sums["main_loss"] + aux_loss_weight * sums["aux_loss"]
         return sums["loss"], (sums, updates.get("batch_stats", {}))
 
     (_, (sums, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -83,24 +95,29 @@ def _micro_batches(batch, k: int):
     )
 
 
-def _accumulate(state, batch, rng, label_smoothing, k: int):
+def _accumulate(state, batch, rng, label_smoothing, aux_loss_weight, k: int):
     """Sums (loss sums, grads) over k micro-batches with a scan; BN statistics are threaded
     through, so the running averages see k updates (as k small steps would give)."""
+    loss_and_grads = functools.partial(
+        _loss_and_grads, state, label_smoothing=label_smoothing, aux_loss_weight=aux_loss_weight
+    )
     if k == 1:
-        return _loss_and_grads(state, state.params, state.batch_stats, batch, rng, label_smoothing)
+        return loss_and_grads(state.params, state.batch_stats, batch, rng)
 
     def body(carry, xs):
         sums, stats, grads = carry
         micro, i = xs
-        s, stats, g = _loss_and_grads(
-            state, state.params, stats, micro, jax.random.fold_in(rng, i), label_smoothing
-        )
+        s, stats, g = loss_and_grads(state.params, stats, micro, jax.random.fold_in(rng, i))
         return (jax.tree.map(jnp.add, sums, s), stats, jax.tree.map(jnp.add, grads, g)), None
 
+    micro_batches = _micro_batches(batch, k)
+    # The metric names depend on the model (aux heads add two): take them from a trace.
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    sums_shape = jax.eval_shape(loss_and_grads, state.params, state.batch_stats, first, rng)[0]
+    sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    sums0 = {n: jnp.zeros((), jnp.float32) for n in ("loss", "accuracy", "top5_accuracy", "count")}
     (sums, stats, grads), _ = jax.lax.scan(
-        body, (sums0, state.batch_stats, zeros), (_micro_batches(batch, k), jnp.arange(k))
+        body, (sums0, state.batch_stats, zeros), (micro_batches, jnp.arange(k))
     )
     return sums, stats, grads
 
@@ -119,6 +136,7 @@ def train_step(
     label_smoothing: float = 0.0,
     grad_accum_steps: int = 1,
     ema_decay: float = 0.0,
+    aux_loss_weight: float = 0.3,
 ):
     """One optimizer step on a sharded batch -> (new state, metrics dict of [] float32).
 
@@ -126,9 +144,13 @@ def train_step(
     number of devices) and sums their gradients: the same update as the whole batch up to
     float rounding, except that BatchNorm normalises each micro-batch by its own statistics.
     ema_decay > 0 (with a state created with ema=True) updates the weight EMA after the step.
+    aux_loss_weight scales each auxiliary head's loss (0.3: GoogLeNet paper, torchvision's
+    reference recipe); metrics then add 'main_loss' and 'aux_loss', and 'loss' is the total.
     """
     rng = jax.random.fold_in(state.rng, state.step)
-    sums, new_stats, grads = _accumulate(state, batch, rng, label_smoothing, grad_accum_steps)
+    sums, new_stats, grads = _accumulate(
+        state, batch, rng, label_smoothing, aux_loss_weight, grad_accum_steps
+    )
     count = jnp.maximum(sums["count"], 1.0)
     grads = jax.tree.map(lambda g: g / count, grads)
     new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
@@ -139,13 +161,9 @@ def train_step(
                 state.ema_batch_stats, new_state.batch_stats, ema_decay, state.step
             ),
         )
-    metrics = {
-        "loss": sums["loss"] / count,
-        "accuracy": sums["accuracy"] / count,
-        "top5_accuracy": sums["top5_accuracy"] / count,
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(new_state.params),
-    }
+    metrics = {k: v / count for k, v in sums.items() if k != "count"}
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["param_norm"] = optax.global_norm(new_state.params)
     return new_state, metrics
 
 
