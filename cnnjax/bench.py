@@ -35,6 +35,7 @@ flags.DEFINE_integer("batch", 128, "Batch size.")
 flags.DEFINE_integer("image_size", 0, "Resolution; 0 = 32 for *_cifar, 224 otherwise.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (both sides).")
 flags.DEFINE_string("conv", "auto", "cnnjax conv implementation: auto | xla | patch.")
+flags.DEFINE_enum("batch_norm", "cnnjax", ["cnnjax", "flax"], "cnnjax BatchNorm implementation.")
 flags.DEFINE_string("frameworks", ",".join(FRAMEWORKS), "Comma-separated subset to run.")
 flags.DEFINE_integer("steps", 5, "Timed steps per window (after 2 warm-up steps).")
 flags.DEFINE_integer("windows", 3, "Timed windows; the fastest is reported.")
@@ -71,20 +72,20 @@ def _time_windows(run_steps, sync, steps: int, windows: int) -> float:
 def _cnnjax(job: dict) -> dict:
     import jax
     import jax.numpy as jnp
+    import ml_collections
     import numpy as np
     import optax
 
-    from cnnjax import models
-    from cnnjax.models.patch_conv import conv_for_backend
+    from cnnjax import models, speed
     from cnnjax.tasks import classification as task
 
     b, s, k = job["batch"], job["image_size"], _num_classes(job["model"])
-    model = models.create(job["model"], num_classes=k)
-    fields = type(model).__dataclass_fields__
-    overrides = {"dtype": jnp.dtype(job["dtype"])}
-    if "conv" in fields:
-        overrides["conv"] = conv_for_backend(job["conv"])
-    model = model.clone(**overrides)
+    # The trainer's own model set-up: compute dtype, conv and BatchNorm implementations.
+    train_cfg = ml_collections.ConfigDict(
+        {"compute_dtype": job["dtype"], "conv": job["conv"],
+         "batch_norm": job.get("batch_norm", "cnnjax")}
+    )  # fmt: skip
+    model = speed.apply_to_model(models.create(job["model"], num_classes=k), train_cfg)
     rng = np.random.default_rng(0)
     batch = {
         "image": jnp.asarray(rng.standard_normal((b, s, s, 3), np.float32)),
@@ -208,9 +209,11 @@ def run_worker(job: dict) -> dict:
     }
 
 
-def jobs(models, modes, frameworks, batch, image_size, dtype, conv, steps, windows, pipeline):
+def jobs(models, modes, frameworks, batch, image_size, dtype, conv, steps, windows, pipeline,
+         batch_norm="cnnjax"):  # fmt: skip
     out = []
-    base = {"batch": batch, "dtype": dtype, "conv": conv, "steps": steps, "windows": windows}
+    base = {"batch": batch, "dtype": dtype, "conv": conv, "steps": steps, "windows": windows,
+            "batch_norm": batch_norm}  # fmt: skip
     for m in models:
         size = _image_size(m, image_size)
         for mode in modes:
@@ -279,7 +282,8 @@ def main(argv):
     if not FLAGS.json:
         print(f"load average before: {os.getloadavg()}", flush=True)
     for job in jobs(models, modes, frameworks, FLAGS.batch, FLAGS.image_size, FLAGS.dtype,
-                    FLAGS.conv, FLAGS.steps, FLAGS.windows, FLAGS.pipeline):  # fmt: skip
+                    FLAGS.conv, FLAGS.steps, FLAGS.windows, FLAGS.pipeline,
+                    FLAGS.batch_norm):  # fmt: skip
         row = measure(job)
         row["load_avg_1m"] = os.getloadavg()[0]
         print(json.dumps(row) if FLAGS.json else format_row(row), flush=True)

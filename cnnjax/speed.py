@@ -8,15 +8,19 @@ import logging
 import os
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
+from cnnjax.models.batch_norm import BatchNorm
 from cnnjax.models.patch_conv import CONVS, conv_for_backend
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONV_CHOICES = ("auto", *CONVS)
 CACHE_ENV = "CNNJAX_COMPILATION_CACHE_DIR"
+# flax's BatchNorm, or cnnjax's with a hand-written backward (cnnjax/models/batch_norm.py).
+BATCH_NORMS = {"flax": nn.BatchNorm, "cnnjax": BatchNorm}
 
 
 def check(train_cfg, global_batch: int, num_devices: int) -> None:
@@ -28,6 +32,8 @@ def check(train_cfg, global_batch: int, num_devices: int) -> None:
         )
     if t.conv not in CONV_CHOICES:
         raise ConfigError(f"train.conv '{t.conv}' is not one of {list(CONV_CHOICES)}")
+    if t.batch_norm not in BATCH_NORMS:
+        raise ConfigError(f"train.batch_norm '{t.batch_norm}' is not one of {list(BATCH_NORMS)}")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay!r}")
     k = t.grad_accum_steps
@@ -44,7 +50,8 @@ def apply_to_model(model, train_cfg, backend: str | None = None):
     """model -> a clone computing in train.compute_dtype with the chosen convolution.
 
     The conv is swapped only on models with a `conv` field (PatchConv has nn.Conv's exact
-    parameters, so nothing else changes); a model without `dtype` cannot run in bfloat16.
+    parameters, so nothing else changes), a stock BatchNorm `norm` for train.batch_norm's
+    (same variables); a model without `dtype` cannot run in bfloat16.
     """
     fields = type(model).__dataclass_fields__
     overrides = {}
@@ -58,6 +65,8 @@ def apply_to_model(model, train_cfg, backend: str | None = None):
         )
     if "conv" in fields and _uses_flax_conv(model.conv):
         overrides["conv"] = conv_for_backend(train_cfg.conv, backend)
+    if "norm" in fields and any(model.norm is n for n in BATCH_NORMS.values()):
+        overrides["norm"] = BATCH_NORMS[train_cfg.batch_norm]
     return model.clone(**overrides)
 
 

@@ -1,0 +1,151 @@
+"""Where the time of one train step goes: a JAX profiler trace of a few steps, summarised.
+
+    python experiments/profile_step.py --model=resnet50 --batch=256 --dtype=bfloat16 [--steps=5]
+
+Builds the same step as `./launch.sh bench` (synthetic batch on the device, SGD momentum),
+times it, traces `--steps` steps with `jax.profiler.trace` and reads the trace back with
+`jax.profiler.ProfileData`. On a GPU it prints wall ms/step, device-busy ms/step (union of
+kernel intervals on all streams), kernels per step, and the kernels grouped by kind
+(convolution, GEMM, XLA fusion by type, copies) with their share. The gap between wall and
+busy time is per-step overhead (launches, host sync); busy time split by kind says what
+the math costs. On CPU only the wall time and the XLA thunk counts are meaningful.
+"""
+
+import argparse
+import collections
+import glob
+import re
+import tempfile
+import time
+
+KINDS = (
+    ("convolution (cuDNN)", re.compile(r"conv|xmma|implicit|cudnn|dgrad|wgrad|fprop", re.I)),
+    ("GEMM (cuBLAS/cutlass)", re.compile(r"gemm|cutlass|cublas|matmul", re.I)),
+    ("reduction fusion", re.compile(r"reduce|reduction|input_", re.I)),
+    ("triton fusion", re.compile(r"triton", re.I)),
+    ("copy/transpose", re.compile(r"copy|transpose|memcpy|memset", re.I)),
+    ("loop fusion", re.compile(r"fusion|loop_", re.I)),
+)
+
+
+def kind_of(name: str) -> str:
+    for kind, pattern in KINDS:
+        if pattern.search(name):
+            return kind
+    return "other"
+
+
+def build(model_name: str, batch: int, dtype: str, image_size: int, batch_norm: str):
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import numpy as np
+    import optax
+
+    from cnnjax import models, speed
+    from cnnjax.tasks import classification as task
+
+    k = 10 if model_name.endswith("_cifar") else 1000
+    s = image_size or (32 if model_name.endswith("_cifar") else 224)
+    train_cfg = ml_collections.ConfigDict(
+        {"compute_dtype": dtype, "conv": "auto", "batch_norm": batch_norm}
+    )
+    model = speed.apply_to_model(models.create(model_name, num_classes=k), train_cfg)
+    rng = np.random.default_rng(0)
+    data = {
+        "image": jnp.asarray(rng.standard_normal((batch, s, s, 3), np.float32)),
+        "label": jnp.asarray(rng.integers(0, k, batch), jnp.int32),
+        "mask": jnp.ones((batch,), jnp.float32),
+    }
+    tx = optax.sgd(0.01, momentum=0.9)
+    state = jax.jit(lambda r: task.create_state(model, tx, r, (s, s, 3)))(jax.random.key(0))
+    step = jax.jit(task.train_step, donate_argnums=0).lower(state, data).compile()
+    return step, state, data
+
+
+def union_ns(intervals) -> float:
+    """Total length of the union of (start, end) intervals."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if a > end:
+            total, end = total + (b - a), b
+        elif b > end:
+            total, end = total + (b - end), b
+    return total
+
+
+def summarise(xplane_path: str, steps: int) -> dict:
+    from jax.profiler import ProfileData
+
+    data = ProfileData.from_file(xplane_path)
+    kernels = []
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            if "stream" not in line.name.lower():
+                continue
+            for e in line.events:
+                kernels.append((e.name, e.start_ns, e.start_ns + e.duration_ns))
+    by_kind, by_name = collections.Counter(), collections.Counter()
+    count = collections.Counter()
+    for name, a, b in kernels:
+        by_kind[kind_of(name)] += b - a
+        by_name[name] += b - a
+        count[name] += 1
+    return {
+        "kernels_per_step": len(kernels) / steps,
+        "busy_ms_per_step": union_ns([(a, b) for _, a, b in kernels]) / steps / 1e6,
+        "kernel_ms_per_step": sum(b - a for _, a, b in kernels) / steps / 1e6,
+        "by_kind_ms": {k: v / steps / 1e6 for k, v in by_kind.most_common()},
+        "top": [(n[:90], v / steps / 1e6, count[n] / steps) for n, v in by_name.most_common(15)],
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--image_size", type=int, default=0)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--batch_norm", default="cnnjax", choices=["cnnjax", "flax"])
+    args = p.parse_args()
+
+    import jax
+
+    step, state, data = build(args.model, args.batch, args.dtype, args.image_size, args.batch_norm)
+    box = [state, None]
+
+    def run(n):
+        for _ in range(n):
+            box[0], box[1] = step(box[0], data)
+        jax.block_until_ready(box[1])
+
+    run(3)
+    t = time.perf_counter()
+    run(20)
+    wall_ms = (time.perf_counter() - t) / 20 * 1e3
+    print(f"{args.model} {args.dtype} batch {args.batch} {args.batch_norm} BN on "
+          f"{jax.devices()[0].device_kind}: {wall_ms:.2f} ms/step, "
+          f"{args.batch / wall_ms * 1e3:,.0f} img/s")  # fmt: skip
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            run(args.steps)
+        path = sorted(glob.glob(f"{d}/**/*.xplane.pb", recursive=True))[-1]
+        s = summarise(path, args.steps)
+    if not s["kernels_per_step"]:
+        print("no GPU kernels in the trace (CPU run): only the wall time above applies")
+        return
+    print(f"device busy {s['busy_ms_per_step']:.2f} ms/step ({s['busy_ms_per_step'] / wall_ms:.0%}"
+          f" of wall), kernel time {s['kernel_ms_per_step']:.2f} ms, "
+          f"{s['kernels_per_step']:.0f} kernels/step")  # fmt: skip
+    for kind, ms in s["by_kind_ms"].items():
+        print(f"  {kind:24s} {ms:8.2f} ms  {ms / s['kernel_ms_per_step']:5.1%}")
+    print("top kernels (ms/step, launches/step):")
+    for name, ms, n in s["top"]:
+        print(f"  {ms:7.2f} {n:5.0f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
