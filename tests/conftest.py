@@ -21,9 +21,7 @@ def _data_dir(tmp_path_factory):
     # One persistent compilation cache for the session's training subprocesses: each test's
     # run of the same smoke config compiles once, not once per test (configs that name a
     # cache dir, or 'off', still get their own).
-    os.environ.setdefault(
-        "CNNJAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache"))
-    )
+    os.environ.setdefault("CNNJAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
     return path
 
 
