@@ -69,7 +69,10 @@ def _time_windows(run_steps, sync, steps: int, windows: int) -> float:
     return best
 
 
-def _cnnjax(job: dict) -> dict:
+def compiled_step(job: dict):
+    """-> (compiled train or eval step, state, synthetic batch on the device, compile seconds)
+    for a bench job (model, batch, image_size, dtype, conv, batch_norm, mode), set up as the
+    trainer sets up its model; SGD with momentum. experiments/profile_step.py uses it too."""
     import jax
     import jax.numpy as jnp
     import ml_collections
@@ -100,7 +103,13 @@ def _cnnjax(job: dict) -> dict:
         fn = jax.jit(task.eval_step)
     t = time.perf_counter()
     compiled = fn.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t
+    return compiled, state, batch, time.perf_counter() - t
+
+
+def _cnnjax(job: dict) -> dict:
+    import jax
+
+    compiled, state, batch, compile_s = compiled_step(job)
     box = {"state": state, "out": None}
 
     def run_steps(n):

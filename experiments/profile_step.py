@@ -36,30 +36,12 @@ def kind_of(name: str) -> str:
 
 
 def build(model_name: str, batch: int, dtype: str, image_size: int, batch_norm: str):
-    import jax
-    import jax.numpy as jnp
-    import ml_collections
-    import numpy as np
-    import optax
+    """The train step of `./launch.sh bench` (cnnjax.bench.compiled_step)."""
+    from cnnjax.bench import _image_size, compiled_step
 
-    from cnnjax import models, speed
-    from cnnjax.tasks import classification as task
-
-    k = 10 if model_name.endswith("_cifar") else 1000
-    s = image_size or (32 if model_name.endswith("_cifar") else 224)
-    train_cfg = ml_collections.ConfigDict(
-        {"compute_dtype": dtype, "conv": "auto", "batch_norm": batch_norm}
-    )
-    model = speed.apply_to_model(models.create(model_name, num_classes=k), train_cfg)
-    rng = np.random.default_rng(0)
-    data = {
-        "image": jnp.asarray(rng.standard_normal((batch, s, s, 3), np.float32)),
-        "label": jnp.asarray(rng.integers(0, k, batch), jnp.int32),
-        "mask": jnp.ones((batch,), jnp.float32),
-    }
-    tx = optax.sgd(0.01, momentum=0.9)
-    state = jax.jit(lambda r: task.create_state(model, tx, r, (s, s, 3)))(jax.random.key(0))
-    step = jax.jit(task.train_step, donate_argnums=0).lower(state, data).compile()
+    job = {"model": model_name, "batch": batch, "dtype": dtype, "conv": "auto", "mode": "train",
+           "batch_norm": batch_norm, "image_size": _image_size(model_name, image_size)}  # fmt: skip
+    step, state, data, _ = compiled_step(job)
     return step, state, data
 
 
