@@ -137,8 +137,7 @@ def test_loads_by_name_and_keeps_excluded_fresh(resnet18_file):
 
 
 def test_weight_ema_starts_from_the_loaded_weights(resnet18_file):
-    if "ema_params" not in task.TrainState.__dataclass_fields__:
-        pytest.skip("this TrainState keeps no weight EMA")
+    assert "ema_params" in task.TrainState.__dataclass_fields__
     state = _zero_state(resnet18_file)
     state = state.replace(ema_params=state.params, ema_batch_stats=state.batch_stats)
     state = init_from.apply_init(_init_config(resnet18_file), state)
