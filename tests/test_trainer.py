@@ -82,9 +82,16 @@ def test_rerun_with_more_steps_continues_from_the_last_checkpoint(smoke_run, tmp
 
 def test_kill_9_then_same_command_resumes(tmp_path):
     workdir = tmp_path / "killed"
-    args = [sys.executable, "-m", "cnnjax.train", SMOKE, f"--workdir={workdir}",
-            "--config.train.num_steps=400", "--config.train.checkpoint_every_steps=3",
-            "--config.eval.every_steps=1000"]
+    args = [
+        sys.executable,
+        "-m",
+        "cnnjax.train",
+        SMOKE,
+        f"--workdir={workdir}",
+        "--config.train.num_steps=400",
+        "--config.train.checkpoint_every_steps=3",
+        "--config.eval.every_steps=1000",
+    ]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = workdir / "checkpoints"
     deadline = time.time() + 300
@@ -97,8 +104,12 @@ def test_kill_9_then_same_command_resumes(tmp_path):
     proc.wait()
     killed_at = max(int(p.name) for p in ckpts.glob("*") if p.name.isdigit())
     assert killed_at >= 6
-    proc = run_cli("cnnjax.train", *args[3:5], "--config.train.num_steps=12",
-                   "--config.train.checkpoint_every_steps=3")
+    proc = run_cli(
+        "cnnjax.train",
+        *args[3:5],
+        "--config.train.num_steps=12",
+        "--config.train.checkpoint_every_steps=3",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming at" in proc.stdout
     resumed_from = int(proc.stdout.split("resuming at ")[1].split()[0])
@@ -129,8 +140,9 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, override, message):
 def test_incompatible_workdir_is_refused_and_left_intact(smoke_run):
     workdir, _ = smoke_run
     before = snapshot(workdir)
-    proc = run_cli("cnnjax.train", SMOKE, f"--workdir={workdir}",
-                   "--config.model.name=resnet32_cifar")
+    proc = run_cli(
+        "cnnjax.train", SMOKE, f"--workdir={workdir}", "--config.model.name=resnet32_cifar"
+    )
     assert proc.returncode == 2
     assert "incompatible config (model.name: 'resnet20_cifar' -> 'resnet32_cifar')" in proc.stderr
     assert snapshot(workdir) == before
@@ -186,7 +198,10 @@ def test_console_shows_summary_and_progress_with_eta(tmp_path):
 def test_one_and_eight_devices_give_the_same_result(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tests.multidevice_check", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -195,9 +210,11 @@ def test_one_and_eight_devices_give_the_same_result(tmp_path):
     # amplifies float32 rounding (measured: 2.6e-4 max parameter difference after 3 steps,
     # train losses equal to 4e-4 relative), so compare with a tolerance.
     assert out["max_param_diff"] < 1e-3
-    np.testing.assert_allclose(out["eval_one"]["train_losses"], out["eval_eight"]["train_losses"],
-                               rtol=2e-3)
+    np.testing.assert_allclose(
+        out["eval_one"]["train_losses"], out["eval_eight"]["train_losses"], rtol=2e-3
+    )
     assert out["compiles_one"] == 1 and out["compiles_eight"] == 1  # no recompilation
     assert out["eval_one"]["num_examples"] == out["eval_eight"]["num_examples"] == 64
     assert abs(out["eval_one"]["loss"] - out["eval_eight"]["loss"]) < 1e-2 * max(
-        1.0, abs(out["eval_one"]["loss"]))
+        1.0, abs(out["eval_one"]["loss"])
+    )
