@@ -3,6 +3,7 @@
 #   ./launch.sh train --config=configs/resnet34.py --workdir=runs/resnet34 [--config.x=y ...]
 #   ./launch.sh evaluate --workdir=runs/resnet34
 #   ./launch.sh test [pytest args]
+#   ./launch.sh test-zoo [pytest args]   (the zoo entries the suite leaves out; CI's 2nd stage)
 #   ./launch.sh bench [--models=a,b] [--mode=train|eval|both] [--batch=N] [--json]
 #   ./launch.sh chaos [--kills=N]   (a smoke run under N random kill -9s ends bitwise equal)
 set -euo pipefail
@@ -45,6 +46,8 @@ commands:
   train     python -m cnnjax.train ARGS      (train from a config; resumes by itself)
   evaluate  python -m cnnjax.evaluate ARGS   (test metrics of a workdir as JSON)
   test      ruff + the pytest suite          (what CI runs; installs the torch extra)
+  test-zoo  two train steps of each registry entry that 'test' leaves out for time
+            (pytest -m zoo_full; CI runs it after 'test')
   bench     python -m cnnjax.bench ARGS      (img/s against PyTorch; installs the torch extra)
   chaos     python -m cnnjax.chaos ARGS      (--kills=N random kill -9s + restarts of a smoke
             run; exit 0 only if it ends bitwise equal to an uninterrupted one)
@@ -64,6 +67,10 @@ case "$cmd" in
     # Two pytest-xdist workers: the suite is mostly XLA compiles and subprocess runs
     # (13.5 min on 2 cores with -n 2; CNNJAX_TEST_WORKERS=0 runs it in one process).
     exec "$VENV/bin/python" -m pytest -n "${CNNJAX_TEST_WORKERS:-2}" "$@" ;;
+  test-zoo)
+    bootstrap dev
+    exec "$VENV/bin/python" -m pytest -n "${CNNJAX_TEST_WORKERS:-2}" -m zoo_full \
+      tests/test_zoo_train.py "$@" ;;
   chaos) bootstrap; exec "$VENV/bin/python" -m cnnjax.chaos "$@" ;;
   bench) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.bench "$@" ;;
   python) bootstrap; exec "$VENV/bin/python" "$@" ;;

@@ -387,13 +387,13 @@ def test_classifier_width_sets_the_hidden_layers(name):
 
 # ---- One jitted train step per family --------------------------------------------------------
 
-SMOKE = {  # name: (image size, channels, extra kwargs); DenseNet: 2 layers per block
+# Every registry entry as it is trains in test_zoo_train.py; here, options that entries do not
+# use (ReLU + max pool LeNet, AlexNet's LRN) and DenseNet, whose full-size entries are in its
+# CI-only zoo_full stage, shortened to 2 layers per block.
+SMOKE = {  # name: (image size, channels, extra kwargs)
     "lenet5": (28, 1, {"act": jax.nn.relu, "pool": "max"}),
     "alexnet": (64, 3, {"lrn": True, "classifier_width": 64}),
-    "vgg11_bn": (32, 3, {"classifier_width": 64}),
-    "googlenet": (32, 3, {}),
     "densenet121": (32, 3, {"block_config": (2, 2, 2, 2)}),
-    "squeezenet1_1": (32, 3, {}),
 }
 
 
