@@ -65,7 +65,7 @@ case "$cmd" in
     bootstrap dev,torch  # torch/torchvision: the weight-conversion parity tests
     "$VENV/bin/ruff" check cnnjax configs tests experiments
     # Two pytest-xdist workers: the suite is mostly XLA compiles and subprocess runs
-    # (13.5 min on 2 cores with -n 2; CNNJAX_TEST_WORKERS=0 runs it in one process).
+    # (14 min on 2 cores with -n 2; CNNJAX_TEST_WORKERS=0 runs it in one process).
     exec "$VENV/bin/python" -m pytest -n "${CNNJAX_TEST_WORKERS:-2}" "$@" ;;
   test-zoo)
     bootstrap dev
