@@ -48,8 +48,8 @@ commands:
   test      ruff + the pytest suite          (what CI runs; installs the torch extra)
   test-zoo  two train steps of each registry entry that 'test' leaves out for time
             (pytest -m zoo_full; CI runs it after 'test')
-  bench     python -m cnnjax.bench ARGS      (img/s against PyTorch; installs the torch extra)
-  chaos     python -m cnnjax.chaos ARGS      (--kills=N random kill -9s + restarts of a smoke
+  bench     python -m cnnjax.tools.bench ARGS      (img/s against PyTorch; installs the torch extra)
+  chaos     python -m cnnjax.tools.chaos ARGS      (--kills=N random kill -9s + restarts of a smoke
             run; exit 0 only if it ends bitwise equal to an uninterrupted one)
   python    run the project's Python with ARGS
 USAGE
@@ -71,8 +71,8 @@ case "$cmd" in
     bootstrap dev
     exec "$VENV/bin/python" -m pytest -n "${CNNJAX_TEST_WORKERS:-2}" -m zoo_full \
       tests/test_zoo_train.py "$@" ;;
-  chaos) bootstrap; exec "$VENV/bin/python" -m cnnjax.chaos "$@" ;;
-  bench) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.bench "$@" ;;
+  chaos) bootstrap; exec "$VENV/bin/python" -m cnnjax.tools.chaos "$@" ;;
+  bench) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench "$@" ;;
   python) bootstrap; exec "$VENV/bin/python" "$@" ;;
   -h|--help|help) usage ;;
   *) echo "launch.sh: unknown command '$cmd'" >&2; usage; exit 2 ;;

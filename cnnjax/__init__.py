@@ -1,6 +1,6 @@
 """cnnjax: the classic convolutional-network curriculum in JAX/Flax."""
 
-from cnnjax import xla_env as _xla_env
+from cnnjax.runtime import xla_env as _xla_env
 
 _xla_env.apply_cpu_defaults()
 

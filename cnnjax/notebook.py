@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import models, optim
-from cnnjax import workdir as wd
-from cnnjax.checkpointing import Checkpointer, abstract_like
+from cnnjax import models
+from cnnjax.config import workdir as wd
 from cnnjax.data import open_sources
 from cnnjax.data.pipeline import preprocess_for
+from cnnjax.engine import optim
+from cnnjax.engine.checkpointing import Checkpointer, abstract_like
 from cnnjax.errors import ConfigError
 from cnnjax.tasks import classification as task
 

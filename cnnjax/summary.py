@@ -7,7 +7,7 @@ Prints one row per leaf layer and pooling op (output shape, window, receptive fi
 jump, parameters, MACs, activation bytes) and the totals, beside XLA's flop count of the
 compiled forward pass. With --json the last line of stdout is one JSON object: params,
 macs, activation_bytes, xla_flops, ..., layers[{name, kind, output_shape, params, macs,
-receptive_field, ...}]. How layers are found and counted: cnnjax/arithmetic.py.
+receptive_field, ...}]. How layers are found and counted: cnnjax/analysis/arithmetic.py.
 """
 
 import json
@@ -34,7 +34,7 @@ def main(argv):
     import jax.numpy as jnp
     from absl import logging
 
-    from cnnjax import arithmetic
+    from cnnjax.analysis import arithmetic
 
     logging.set_verbosity(logging.WARNING)  # no backend-probing INFO lines around the output
 

@@ -43,7 +43,8 @@ def main(argv):
     del argv
     from absl import logging
 
-    from cnnjax import distributed, guards, trainer
+    from cnnjax.engine import guards, trainer
+    from cnnjax.runtime import distributed
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
 

@@ -14,7 +14,7 @@ trains, at a larger learning rate), `smoke` (seconds, for tests; set
 this machine has no copy of them.
 """
 
-from cnnjax import configlib
+from cnnjax.config import base as configlib
 
 
 def get_config(arg=None):

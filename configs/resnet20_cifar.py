@@ -14,7 +14,7 @@ Arguments: `digits` (the embedded handwritten digits instead of CIFAR-10, no fli
 3,000 steps), `smoke` (seconds, for tests).
 """
 
-from cnnjax import configlib
+from cnnjax.config import base as configlib
 
 
 def get_config(arg=None):

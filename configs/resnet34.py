@@ -6,7 +6,7 @@ reached 98.61% test accuracy on digits (354 of 359) in 6m19s of wall time on an 
 2-core CPU (2026-11-22, README results table). Arguments: `:smoke` (seconds, for tests).
 """
 
-from cnnjax import configlib
+from cnnjax.config import base as configlib
 
 
 def get_config(arg=None):

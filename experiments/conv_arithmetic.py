@@ -1,4 +1,4 @@
-"""The course's convolution-arithmetic comparisons, computed with cnnjax.arithmetic.
+"""The course's convolution-arithmetic comparisons, computed with cnnjax.analysis.arithmetic.
 
     .venv/bin/python experiments/conv_arithmetic.py
 
@@ -10,7 +10,7 @@ ResNet bottleneck, GoogLeNet's 1x1 reduction before a 5x5, MobileNet's depthwise
 
 import flax.linen as nn
 
-from cnnjax import arithmetic
+from cnnjax.analysis import arithmetic
 
 # (comparison, input (H, W, C), [(design, ((features, kernel, groups), ...)), ...]); the first
 # design of each comparison is the baseline the others are measured against.

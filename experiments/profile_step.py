@@ -37,7 +37,7 @@ def kind_of(name: str) -> str:
 
 def build(model_name: str, batch: int, dtype: str, image_size: int, batch_norm: str):
     """The train step of `./launch.sh bench` (cnnjax.bench.compiled_step)."""
-    from cnnjax.bench import _image_size, compiled_step
+    from cnnjax.tools.bench import _image_size, compiled_step
 
     job = {"model": model_name, "batch": batch, "dtype": dtype, "conv": "auto", "mode": "train",
            "batch_norm": batch_norm, "image_size": _image_size(model_name, image_size)}  # fmt: skip

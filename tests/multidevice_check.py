@@ -12,8 +12,9 @@ os.environ["XLA_FLAGS"] = (
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cnnjax import sharding, trainer  # noqa: E402
 from cnnjax.data import pipeline  # noqa: E402
+from cnnjax.engine import trainer  # noqa: E402
+from cnnjax.runtime import sharding
 from tests.conftest import load_config  # noqa: E402
 
 

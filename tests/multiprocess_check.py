@@ -8,7 +8,7 @@ NUM_PROCESSES is 1, and saves losses and parameters for tests/test_distributed.p
 import json
 import sys
 
-from cnnjax import distributed
+from cnnjax.runtime import distributed
 
 
 def main(out, port, process_id, num_processes):
@@ -17,8 +17,9 @@ def main(out, port, process_id, num_processes):
     import jax
     import numpy as np
 
-    from cnnjax import sharding, trainer
     from cnnjax.data import pipeline
+    from cnnjax.engine import trainer
+    from cnnjax.runtime import sharding
     from tests.conftest import load_config
 
     config = load_config("configs/resnet20_cifar.py", "digits,smoke")

@@ -12,10 +12,10 @@ import optax
 import pytest
 
 from cnnjax import models
-from cnnjax.configlib import base_config
+from cnnjax.config.base import base_config
+from cnnjax.config.validate import check_values
 from cnnjax.errors import ConfigError
 from cnnjax.tasks.classification import TrainState, create_state, eval_step, train_step
-from cnnjax.validate import check_values
 
 FAST = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 GOOGLENET_AUX_WEIGHT = 0.3  # Szegedy et al. 2014, sec. 5; torchvision's reference recipe

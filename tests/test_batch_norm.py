@@ -12,8 +12,10 @@ import optax
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from cnnjax import models, speed
+from cnnjax import models
+from cnnjax.config.validate import check_speed
 from cnnjax.errors import ConfigError
+from cnnjax.models import rewrite
 from cnnjax.models.batch_norm import BatchNorm
 from cnnjax.tasks import classification as task
 from tests.conftest import load_config
@@ -121,8 +123,8 @@ def test_a_train_step_with_either_batch_norm_agrees():
     for name in ("flax", "cnnjax"):
         with cfg.unlocked():
             cfg.batch_norm = name
-        model = speed.apply_to_model(models.create("resnet20_cifar", num_classes=10), cfg)
-        assert model.norm is speed.BATCH_NORMS[name]
+        model = rewrite.apply_to_model(models.create("resnet20_cifar", num_classes=10), cfg)
+        assert model.norm is rewrite.BATCH_NORMS[name]
         state = task.create_state(model, optax.sgd(0.1), jax.random.key(0), (16, 16, 3))
         results.append(jax.jit(task.train_step)(state, batch))
     (sa, ma), (sb, mb) = results
@@ -138,4 +140,4 @@ def test_unknown_batch_norm_is_a_config_error():
     with cfg.unlocked():
         cfg.batch_norm = "fused"
     with pytest.raises(ConfigError, match="train.batch_norm 'fused' is not one of"):
-        speed.check(cfg, global_batch=16, num_devices=1)
+        check_speed(cfg, global_batch=16, num_devices=1)

@@ -1,4 +1,4 @@
-"""`python -m cnnjax.bench` smoke: one small model, one step, JSON rows for both frameworks
+"""`python -m cnnjax.tools.bench` smoke: one small model, one step, JSON rows for both frameworks
 and for the grain input pipeline; bad names exit 2."""
 
 import json
@@ -10,7 +10,7 @@ KEYS = {"model", "framework", "mode", "batch", "image_size", "img_per_s", "compi
 
 
 def test_bench_json_rows_for_cnnjax_torch_and_grain():
-    proc = run_cli("cnnjax.bench", "--models=resnet20_cifar", "--mode=train", "--batch=4",
+    proc = run_cli("cnnjax.tools.bench", "--models=resnet20_cifar", "--mode=train", "--batch=4",
                    "--image_size=16", "--steps=1", "--windows=1",
                    "--frameworks=cnnjax,torch_channels_last", "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -29,6 +29,6 @@ def test_bench_json_rows_for_cnnjax_torch_and_grain():
 
 
 def test_bench_bad_model_exits_2():
-    proc = run_cli("cnnjax.bench", "--models=resnet21", "--json")
+    proc = run_cli("cnnjax.tools.bench", "--models=resnet21", "--json")
     assert proc.returncode == 2
     assert "unknown model 'resnet21'" in proc.stderr

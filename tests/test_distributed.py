@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from cnnjax import distributed
 from cnnjax.errors import ConfigError
+from cnnjax.runtime import distributed
 from tests.conftest import ROOT
 
 SMOKE = "configs/resnet20_cifar.py:digits,smoke"
@@ -95,7 +95,7 @@ def _start_two(workdir):
 
 
 def _wait_training(procs, workdir, past_step):
-    from cnnjax.guards import read_records
+    from cnnjax.engine.guards import read_records
 
     deadline = time.time() + 300
     while not read_records(workdir / "records.jsonl") or (

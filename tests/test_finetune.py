@@ -11,9 +11,10 @@ import optax
 import pytest
 from flax import traverse_util
 
-from cnnjax import convert, init_from, trainer
-from cnnjax.checkpointing import Checkpointer
-from cnnjax.configlib import base_config
+from cnnjax import convert
+from cnnjax.config.base import base_config
+from cnnjax.engine import init_from, trainer
+from cnnjax.engine.checkpointing import Checkpointer
 from cnnjax.errors import ConfigError
 from cnnjax.tasks import classification as task
 

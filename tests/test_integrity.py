@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import guards
-from cnnjax.checkpointing import Checkpointer, CheckpointsUnreadable, abstract_like
+from cnnjax.engine import guards
+from cnnjax.engine.checkpointing import Checkpointer, CheckpointsUnreadable, abstract_like
 from cnnjax.errors import ConfigError
 
 REPL = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -219,7 +219,7 @@ def test_read_error_names_the_record_from_grain_threads():
 
 
 def test_workdir_files_are_read_as_data_never_executed(tmp_path):
-    from cnnjax import workdir as wd
+    from cnnjax.config import workdir as wd
     from tests.conftest import load_config, run_cli
 
     marker = tmp_path / "pwned"

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import optim
+from cnnjax.engine import optim
 from cnnjax.errors import ConfigError
 from cnnjax.losses.classification import classification_loss, cross_entropy
 from cnnjax.metrics.classification import Sums, eval_sums, topk_correct

@@ -11,11 +11,13 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import models, speed
+from cnnjax import models
+from cnnjax.config.validate import check_speed
 from cnnjax.errors import ConfigError
+from cnnjax.logs.writers import read_metrics
+from cnnjax.models import rewrite
 from cnnjax.models.patch_conv import PatchConv, conv_for_backend
 from cnnjax.tasks import classification as task
-from cnnjax.writers import read_metrics
 from tests.conftest import load_config, run_cli
 
 SMOKE = "--config=configs/resnet20_cifar.py:digits,smoke"
@@ -55,7 +57,7 @@ class TinyNet(nn.Module):
 
 
 def test_bfloat16_computes_in_bf16_but_keeps_float32_params_and_bn_stats():
-    model = speed.apply_to_model(
+    model = rewrite.apply_to_model(
         models.create("resnet20_cifar", num_classes=10), _train_cfg(compute_dtype="bfloat16")
     )
     assert model.dtype == jnp.bfloat16
@@ -84,7 +86,7 @@ def test_model_without_dtype_field_refuses_bfloat16():
             return nn.Dense(self.num_classes)(x.mean((1, 2))), {}
 
     with pytest.raises(ConfigError, match="no dtype field"):
-        speed.apply_to_model(NoDtype(), _train_cfg(compute_dtype="bfloat16"))
+        rewrite.apply_to_model(NoDtype(), _train_cfg(compute_dtype="bfloat16"))
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -181,7 +183,7 @@ def test_conv_choice_by_backend_and_bad_values():
         ({"grad_accum_steps": 3}, "divisible by train.grad_accum_steps 3"),
     ]:
         with pytest.raises(ConfigError, match=match):
-            speed.check(_train_cfg(**bad), global_batch=16, num_devices=1)
+            check_speed(_train_cfg(**bad), global_batch=16, num_devices=1)
 
 
 def test_bf16_accum_ema_run_writes_eval_ema_and_a_second_start_compiles_nothing(tmp_path):

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from cnnjax import chaos
 from cnnjax.errors import EXIT_NONFINITE, EXIT_PREEMPTED
-from cnnjax.writers import read_metrics
+from cnnjax.logs.writers import read_metrics
+from cnnjax.tools import chaos
 from tests.conftest import ROOT, run_cli
 
 STEPS = 10
@@ -94,7 +94,7 @@ def test_chaos_kills_during_steps_saves_and_cleanup_end_bitwise_equal(reference,
 
 
 def test_chaos_command_rejects_a_run_without_kills():
-    proc = run_cli("cnnjax.chaos", "--kills=0")
+    proc = run_cli("cnnjax.tools.chaos", "--kills=0")
     assert proc.returncode == 2 and "need --kills >= 1" in proc.stderr
 
 

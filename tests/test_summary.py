@@ -1,4 +1,4 @@
-"""cnnjax.arithmetic and `python -m cnnjax.summary`: MACs against torchvision, hand-computed
+"""cnnjax.analysis.arithmetic and `python -m cnnjax.summary`: MACs against torchvision, hand-computed
 layers, receptive fields through branches, XLA's flop count, and the course's comparisons."""
 
 import importlib.util
@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cnnjax import arithmetic, models
+from cnnjax import models
+from cnnjax.analysis import arithmetic
 from cnnjax.errors import ConfigError
 from cnnjax.ops import shapes
 

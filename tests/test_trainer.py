@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnjax import trainer
-from cnnjax.writers import read_metrics
+from cnnjax.engine import trainer
+from cnnjax.logs.writers import read_metrics
 from tests.conftest import ROOT, load_config, run_cli
 
 SMOKE = "--config=configs/resnet20_cifar.py:digits,smoke"
@@ -151,8 +151,8 @@ def test_incompatible_workdir_is_refused_and_left_intact(smoke_run):
 def test_too_small_image_is_a_config_error():
     import flax.linen as nn
 
+    from cnnjax.config.validate import check_model_input
     from cnnjax.errors import ConfigError
-    from cnnjax.validate import check_model_input
 
     class Valid(nn.Module):
         @nn.compact

@@ -7,9 +7,11 @@ import optax
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
     """logits [B, K] float, labels [B] int -> per-example loss [B] float32."""
     num_classes = logits.shape[-1]
-    targets = optax.smooth_labels(
-        jnp.eye(num_classes, dtype=jnp.float32)[labels], label_smoothing
-    ) if label_smoothing else jnp.eye(num_classes, dtype=jnp.float32)[labels]
+    targets = (
+        optax.smooth_labels(jnp.eye(num_classes, dtype=jnp.float32)[labels], label_smoothing)
+        if label_smoothing
+        else jnp.eye(num_classes, dtype=jnp.float32)[labels]
+    )
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 

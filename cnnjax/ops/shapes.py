@@ -1,7 +1,7 @@
 """Convolution arithmetic on plain integers: output sizes, receptive fields, parameters and MACs.
 
 The course's formulas, one axis at a time, so they can be checked by hand and reused by
-`cnnjax.arithmetic` (which applies them to every layer of a traced model).
+`cnnjax.analysis.arithmetic` (which applies them to every layer of a traced model).
 """
 
 import math

@@ -3,8 +3,14 @@
 import jax
 import jax.numpy as jnp
 
-from cnnjax import guards, optim
 from cnnjax.errors import ConfigError
+from cnnjax.models.rewrite import BATCH_NORMS, COMPUTE_DTYPES, CONV_CHOICES
+
+# The allowed values of the config's choice settings (the engine builds from these names).
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "piecewise", "constant")
+DECAY_TARGETS = ("all", "kernels")
+NAN_POLICIES = ("stop", "skip")
 
 
 def _positive(value, name: str, *, allow_zero: bool = False) -> None:
@@ -31,10 +37,10 @@ def check_values(config, num_processes: int = 1, num_devices: int = 1) -> None:
     if not 0 <= t.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing!r}")
     for name, value, allowed in [
-        ("optim.name", o.name, optim.OPTIMIZERS),
-        ("optim.schedule", o.schedule, optim.SCHEDULES),
-        ("optim.weight_decay_on", o.weight_decay_on, optim.DECAY_TARGETS),
-        ("train.nan_policy", t.nan_policy, guards.NAN_POLICIES),
+        ("optim.name", o.name, OPTIMIZERS),
+        ("optim.schedule", o.schedule, SCHEDULES),
+        ("optim.weight_decay_on", o.weight_decay_on, DECAY_TARGETS),
+        ("train.nan_policy", t.nan_policy, NAN_POLICIES),
     ]:
         if value not in allowed:
             raise ConfigError(f"{name} '{value}' is not one of {list(allowed)}")
@@ -68,3 +74,26 @@ def check_model_input(model, image_size: int, channels: int) -> None:
                 f"data.image_size {image_size} is too small for this model: feature map "
                 f"'{name}' would be {f.shape[1]}x{f.shape[2]}; use a larger image size"
             )
+
+
+def check_speed(train_cfg, global_batch: int, num_devices: int) -> None:
+    """ConfigError for a bad speed option (config group `train`), before anything compiles."""
+    t = train_cfg
+    if t.compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(
+            f"train.compute_dtype '{t.compute_dtype}' is not one of {list(COMPUTE_DTYPES)}"
+        )
+    if t.conv not in CONV_CHOICES:
+        raise ConfigError(f"train.conv '{t.conv}' is not one of {list(CONV_CHOICES)}")
+    if t.batch_norm not in BATCH_NORMS:
+        raise ConfigError(f"train.batch_norm '{t.batch_norm}' is not one of {list(BATCH_NORMS)}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay!r}")
+    k = t.grad_accum_steps
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"train.grad_accum_steps must be a positive integer, got {k!r}")
+    if global_batch % (k * num_devices):
+        raise ConfigError(
+            f"data.batch_size {global_batch} must be divisible by train.grad_accum_steps {k} "
+            f"times the {num_devices} device(s), so that every micro-batch splits evenly"
+        )

@@ -14,15 +14,19 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cnnjax import guards, init_from, models, optim, sharding, speed, validate
-from cnnjax import workdir as wd
-from cnnjax.checkpointing import Checkpointer, abstract_like
-from cnnjax.console import ProgressDisplay, format_duration, startup_summary
+from cnnjax import models
+from cnnjax.config import validate
+from cnnjax.config import workdir as wd
 from cnnjax.data import open_sources, pipeline
+from cnnjax.engine import guards, init_from, optim
+from cnnjax.engine.checkpointing import Checkpointer, abstract_like
 from cnnjax.errors import EXIT_PREEMPTED
+from cnnjax.logs.console import ProgressDisplay, format_duration, startup_summary
+from cnnjax.logs.writers import MetricWriter
 from cnnjax.metrics.classification import Sums
+from cnnjax.models import rewrite
+from cnnjax.runtime import compile_cache, sharding
 from cnnjax.tasks import classification as task
-from cnnjax.writers import MetricWriter
 
 MAX_IN_FLIGHT = 2  # train steps dispatched ahead of the one the loop waits for
 
@@ -59,15 +63,15 @@ def setup(config, workdir, mesh=None) -> Run:
     mesh = sharding.data_mesh() if mesh is None else mesh
     validate.check_values(config, jax.process_count(), mesh.size)
     train_src, eval_src, info = open_sources(config.data)
-    speed.check(config.train, config.data.batch_size, mesh.size)
+    validate.check_speed(config.train, config.data.batch_size, mesh.size)
     model = models.create(config.model.name, num_classes=info.num_classes, **config.model.kwargs)
-    model = speed.apply_to_model(model, config.train)  # compute dtype, conv implementation
+    model = rewrite.apply_to_model(model, config.train)  # compute dtype, conv implementation
     validate.check_model_input(model, config.data.image_size, info.image_shape[-1])
     diffs = wd.check_and_write(workdir, config, write=jax.process_index() == 0)
     if diffs and jax.process_index() == 0:
         print("resuming with harmless config changes: " + "; ".join(diffs), flush=True)
         wd.write_config(workdir, config)
-    speed.enable_compilation_cache(config.train, workdir)
+    compile_cache.enable(config.train.compilation_cache_dir, workdir)
     num_steps = num_train_steps(config, info.num_train)
     tx, schedule = optim.create(config.optim, num_steps)
     return Run(
@@ -329,7 +333,7 @@ def _loop(run, state, data_iter, train_step, eval_step, ckpt, writer, start, gua
 
 def _last_eval(workdir, step: int) -> dict | None:
     """The eval metrics logged at `step`, or None if the run stopped before logging them."""
-    from cnnjax.writers import read_metrics
+    from cnnjax.logs.writers import read_metrics
 
     rows = [r for r in read_metrics(workdir) if r.get("split") == "eval" and r["step"] == step]
     if not rows:

@@ -79,7 +79,8 @@ def compiled_step(job: dict):
     import numpy as np
     import optax
 
-    from cnnjax import models, speed
+    from cnnjax import models
+    from cnnjax.models import rewrite
     from cnnjax.tasks import classification as task
 
     b, s, k = job["batch"], job["image_size"], _num_classes(job["model"])
@@ -88,7 +89,7 @@ def compiled_step(job: dict):
         {"compute_dtype": job["dtype"], "conv": job["conv"],
          "batch_norm": job.get("batch_norm", "cnnjax")}
     )  # fmt: skip
-    model = speed.apply_to_model(models.create(job["model"], num_classes=k), train_cfg)
+    model = rewrite.apply_to_model(models.create(job["model"], num_classes=k), train_cfg)
     rng = np.random.default_rng(0)
     batch = {
         "image": jnp.asarray(rng.standard_normal((b, s, s, 3), np.float32)),
@@ -128,7 +129,7 @@ def _torch_model(name: str, num_classes: int):
     import torchvision
 
     if name.endswith("_cifar"):
-        from cnnjax.bench_torch import cifar_resnet
+        from cnnjax.tools.bench_torch import cifar_resnet
 
         depth = int(name.removeprefix("resnet").removesuffix("_cifar"))
         return cifar_resnet(depth, num_classes)
@@ -187,7 +188,7 @@ def pipeline_source(name: str, batch: int):
     (4,096 random 32x32x3 uint8 records, CIFAR-10's crop + flip augmentation)."""
     import numpy as np
 
-    from cnnjax import configlib
+    from cnnjax.config import base as configlib
     from cnnjax.data import open_sources
     from cnnjax.data.sources import DataInfo
 
@@ -238,7 +239,7 @@ def jobs(models, modes, frameworks, batch, image_size, dtype, conv, steps, windo
 def measure(job: dict, timeout: int = 3600) -> dict:
     """Runs one job in a fresh interpreter -> its result row (or an 'error' row)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "cnnjax.bench", f"--worker={json.dumps(job)}"],
+        [sys.executable, "-m", "cnnjax.tools.bench", f"--worker={json.dumps(job)}"],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from cnnjax import jaxpr_rules as rules
+from cnnjax.analysis import jaxpr_rules as rules
 
 _SCOPE = "cnnjax_call"
 _SCOPE_RE = re.compile(rf"{_SCOPE}(\d+)")

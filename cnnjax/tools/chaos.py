@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "configs/resnet20_cifar.py:digits,smoke"
 MODES = ("step", "save", "cleanup")
 
@@ -38,7 +38,7 @@ def command(workdir: Path, steps: int) -> list[str]:
 
 
 def _records_step(workdir: Path) -> int:
-    from cnnjax.guards import read_records
+    from cnnjax.engine.guards import read_records
 
     rows = read_records(workdir / "records.jsonl")
     return rows[-1]["step"] if rows else 0
@@ -78,7 +78,7 @@ def final_state(workdir: Path) -> tuple[int, dict, dict]:
     """-> (step, {leaf path: array} of the newest checkpoint, its data iterator state)."""
     import jax
 
-    from cnnjax.checkpointing import Checkpointer, _path_name
+    from cnnjax.engine.checkpointing import Checkpointer, _path_name
 
     ckpt = Checkpointer(workdir / "checkpoints", keep=1_000_000, best_metric="accuracy")
     try:
@@ -99,7 +99,7 @@ def _data_args():
 
 def differences(a: Path, b: Path) -> list[str]:
     """What differs between the final states and record logs of runs `a` and `b`."""
-    from cnnjax.guards import read_records
+    from cnnjax.engine.guards import read_records
 
     (step_a, state_a, data_a), (step_b, state_b, data_b) = final_state(a), final_state(b)
     out = [] if step_a == step_b else [f"final step {step_a} != {step_b}"]

@@ -13,8 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NAN_POLICIES = ("stop", "skip")
-
 
 class Preempted(Exception):
     """SIGTERM: a checkpoint of `step` is on disk; the same command resumes there."""

@@ -3,11 +3,8 @@
 import jax
 import optax
 
+from cnnjax.config.validate import OPTIMIZERS, SCHEDULES
 from cnnjax.errors import ConfigError
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "piecewise", "constant")
-DECAY_TARGETS = ("all", "kernels")
 
 
 def schedule(optim_cfg, num_steps: int) -> optax.Schedule:

@@ -1,0 +1,46 @@
+"""Precision and convolution rewrites of a built model (config group `train`'s speed options).
+
+The trainer applies them; models only ever see plain `dtype=`, `conv=` and `norm=` fields.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnnjax.errors import ConfigError
+from cnnjax.models.batch_norm import BatchNorm
+from cnnjax.models.patch_conv import CONVS, conv_for_backend
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CONV_CHOICES = ("auto", *CONVS)
+# flax's BatchNorm, or cnnjax's with a hand-written backward (cnnjax/models/batch_norm.py).
+BATCH_NORMS = {"flax": nn.BatchNorm, "cnnjax": BatchNorm}
+
+
+def apply_to_model(model, train_cfg, backend: str | None = None):
+    """model -> a clone computing in train.compute_dtype with the chosen convolution.
+
+    The conv is swapped only on models with a `conv` field (PatchConv has nn.Conv's exact
+    parameters, so nothing else changes), a stock BatchNorm `norm` for train.batch_norm's
+    (same variables); a model without `dtype` cannot run in bfloat16.
+    """
+    fields = type(model).__dataclass_fields__
+    overrides = {}
+    dtype = COMPUTE_DTYPES[train_cfg.compute_dtype]
+    if "dtype" in fields:
+        overrides["dtype"] = dtype
+    elif dtype != jnp.float32:
+        raise ConfigError(
+            f"model '{type(model).__name__}' has no dtype field; it cannot use "
+            f"train.compute_dtype '{train_cfg.compute_dtype}'"
+        )
+    if "conv" in fields and _uses_flax_conv(model.conv):
+        overrides["conv"] = conv_for_backend(train_cfg.conv, backend)
+    if "norm" in fields and any(model.norm is n for n in BATCH_NORMS.values()):
+        overrides["norm"] = BATCH_NORMS[train_cfg.batch_norm]
+    return model.clone(**overrides)
+
+
+def _uses_flax_conv(conv) -> bool:
+    """Only the stock nn.Conv (or PatchConv) is replaced; a custom conv a model was given is
+    kept as it is."""
+    return any(conv is c for c in CONVS.values())
