@@ -1,8 +1,10 @@
-"""Model registry: `create(name, num_classes=..., **kwargs)` and `names()`.
+"""Model registry: `create(name, **kwargs)`, `names()`, `fields(name)` and `register`.
 
 Every model is a flax.linen Module called as `model.apply(variables, images, train=...)`
-on NHWC images, returning `(logits, features)` where `features` maps stable names
-(`stem`, `stage1`, ..., `pre_logits`) to arrays.
+on NHWC images, returning `(outputs, features)`: a classifier's outputs are its logits, and
+`features` maps stable names (`stem`, `stage1`, ..., `pre_logits`) to arrays. The task
+decides what a model is built with (a classifier gets `num_classes`); config kwargs set the
+rest of its fields.
 """
 
 import dataclasses
@@ -46,16 +48,28 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, *, num_classes: int, **kwargs):
-    """Builds registry model `name` with `num_classes` outputs; kwargs set module fields."""
+def register(name: str, ctor: Callable, *, replace: bool = False) -> None:
+    """Adds a model (a Module class or a functools.partial of one) under `name`."""
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"model '{name}' is already registered")
+    _REGISTRY[name] = ctor
+
+
+def fields(name: str) -> set[str]:
+    """The module fields of registry model `name` (what `create` accepts)."""
     if name not in _REGISTRY:
         raise unknown_name("model", name, _REGISTRY)
     ctor = _REGISTRY[name]
     module_cls = getattr(ctor, "func", ctor)
-    fields = {f.name for f in dataclasses.fields(module_cls)} - {"parent", "name"}
-    bad = sorted(set(kwargs) - fields)
+    return {f.name for f in dataclasses.fields(module_cls)} - {"parent", "name"}
+
+
+def create(name: str, **kwargs):
+    """Builds registry model `name`; kwargs (e.g. `num_classes=10`) set module fields."""
+    valid = fields(name)
+    bad = sorted(set(kwargs) - valid)
     if bad:
         raise ConfigError(
-            f"model '{name}' has no option(s) {bad}; valid model.kwargs: {sorted(fields)}"
+            f"model '{name}' has no option(s) {bad}; valid model.kwargs: {sorted(valid)}"
         )
-    return ctor(num_classes=num_classes, **kwargs)
+    return _REGISTRY[name](**kwargs)
