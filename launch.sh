@@ -48,8 +48,8 @@ commands:
   test      ruff + the pytest suite          (what CI runs; installs the torch extra)
   test-zoo  two train steps of each registry entry that 'test' leaves out for time
             (pytest -m zoo_full; CI runs it after 'test')
-  bench     python -m cnnjax.tools.bench ARGS      (img/s against PyTorch; installs the torch extra)
-  chaos     python -m cnnjax.tools.chaos ARGS      (--kills=N random kill -9s + restarts of a smoke
+  bench     python -m cnnjax.tools.bench ARGS  (img/s against PyTorch; installs the torch extra)
+  chaos     python -m cnnjax.tools.chaos ARGS  (--kills=N random kill -9s + restarts of a smoke
             run; exit 0 only if it ends bitwise equal to an uninterrupted one)
   python    run the project's Python with ARGS
 USAGE

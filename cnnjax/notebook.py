@@ -1,7 +1,9 @@
 """One call to look at a trained run in a notebook: `run = cnnjax.load("runs/resnet34")`.
 
 Restores the newest (or a given) checkpoint onto the CPU, whatever devices trained it,
-and reads the workdir's config.json as data (no Python from a workdir is executed).
+verified against its checksums, and reads the workdir's config.json and dataset_info.json
+as data (no Python from a workdir is executed, and no dataset needs to be on disk).
+`run.predict(images)` returns the task's typed result, `run.show(images)` its picture.
 """
 
 import dataclasses
@@ -9,24 +11,15 @@ import functools
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import models
 from cnnjax.config import workdir as wd
 from cnnjax.data import open_sources
-from cnnjax.data.pipeline import preprocess_for
-from cnnjax.engine import optim
-from cnnjax.engine.checkpointing import Checkpointer, abstract_like
+from cnnjax.engine.build import build_model, build_task
+from cnnjax.engine.checkpointing import Checkpointer
 from cnnjax.errors import ConfigError
-from cnnjax.tasks import classification as task
 
-
-@dataclasses.dataclass
-class Predictions:
-    labels: np.ndarray  # [N] int
-    probs: np.ndarray  # [N, K] float32
-    logits: np.ndarray  # [N, K] float32
+CHUNK = 64  # predict runs fixed-size chunks: one compile whatever the number of images
 
 
 @dataclasses.dataclass
@@ -36,60 +29,95 @@ class LoadedRun:
     config: object
     step: int
     info: object
+    task: object
 
-    def preprocess(self, images) -> np.ndarray:
-        """uint8 images [N, H, W, C] or [H, W, C] (as stored) -> normalised float32 batch."""
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(
-                f"images must be uint8 [N, H, W, C] or [H, W, C], got {images.dtype} {images.shape}"
-            )
-        prep = preprocess_for(self.config.data, self.info, train=False)
-        return np.stack(
-            [prep({"image": im, "label": 0, "index": i})["image"] for i, im in enumerate(images)]
-        )
+    def preprocess(self, images) -> dict:
+        """uint8 images as stored ([N, H, W, C], one [H, W, C], or for 1-channel data also
+        [N, H, W] / [H, W]) -> the task's preprocessed batch (resized, normalised as in
+        evaluation), without ground truth."""
+        images = _as_batch(np.asarray(images), self.info.image_shape[-1])
+        spec = self.task.features()
+        out = []
+        for i, im in enumerate(images):
+            record = {"image": im, "index": i}
+            if "label" in spec:  # a placeholder label: predictions ignore it
+                record["label"] = 0
+            ex = self.task.eval_preprocess(record)
+            out.append({k: v for k, v in ex.items() if k in ("image",)})
+        return {k: np.stack([o[k] for o in out]) for k in out[0]}
 
     @functools.cached_property
-    def _apply(self):
-        return jax.jit(lambda v, x: self.model.apply(v, x, train=False))
+    def _predict(self):
+        return jax.jit(lambda v, b: self.task.predict(self.model.apply, v, b))
 
-    def predict(self, images) -> Predictions:
-        """Class predictions for raw uint8 images (resized and normalised like eval data)."""
-        x = self.preprocess(images)
-        logits, _ = self._apply(self.variables, x)
-        logits = np.asarray(logits)
-        probs = np.asarray(jax.nn.softmax(logits, -1))
-        return Predictions(labels=logits.argmax(-1), probs=probs, logits=logits)
+    @functools.cached_property
+    def _features(self):
+        return jax.jit(lambda v, x: self.model.apply(v, x, train=False)[1])
+
+    def predict(self, images):
+        """The task's `Prediction` (e.g. ClassPredictions: labels, probs, logits) for raw
+        uint8 images, computed in chunks of CHUNK images."""
+        batch = self.preprocess(images)
+        outputs = _chunked(lambda b: self._predict(self.variables, b), batch)
+        return self.task.Prediction(**outputs)
+
+    def show(self, images):
+        """A matplotlib Figure of the images with their predictions."""
+        batch = self.preprocess(images)
+        return self.task.visualize(batch, self.predict(images))
 
     def features(self, images) -> dict:
-        """Named feature maps (`stem`, `stage1`, ..., `pre_logits`) as numpy arrays."""
-        _, feats = self._apply(self.variables, self.preprocess(images))
-        return jax.tree.map(np.asarray, feats)
+        """Named feature maps (`stem`, `stage1`, ..., `stride8`, ...) as numpy arrays."""
+        x = self.preprocess(images)["image"]
+        return jax.tree.map(np.asarray, self._features(self.variables, x))
 
 
-def load(workdir, step: int | None = None) -> LoadedRun:
+def _as_batch(images: np.ndarray, channels: int) -> np.ndarray:
+    """-> uint8 [N, H, W, C]; raises ValueError naming the expected shapes."""
+    if channels == 1 and images.ndim in (2, 3) and images.shape[-1] != 1:
+        images = images[..., None]  # [N, H, W] or [H, W] grey images without the channel axis
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] != channels:
+        raise ValueError(
+            f"images must be uint8 [N, H, W, {channels}] or [H, W, {channels}]"
+            + (" (or [N, H, W] for this 1-channel run)" if channels == 1 else "")
+            + f", got {images.dtype} {images.shape}"
+        )
+    return images
+
+
+def _chunked(fn, batch: dict) -> dict:
+    """fn over fixed-size chunks of `batch` (the last one padded) -> numpy outputs [N, ...]."""
+    n = len(next(iter(batch.values())))
+    parts = []
+    for start in range(0, n, CHUNK):
+        chunk = {k: v[start : start + CHUNK] for k, v in batch.items()}
+        m = len(next(iter(chunk.values())))
+        padded = {k: np.concatenate([v, np.repeat(v[-1:], CHUNK - m, 0)]) for k, v in chunk.items()}
+        parts.append(jax.tree.map(lambda x, m=m: np.asarray(x)[:m], fn(padded)))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def load(workdir, step: int | None = None, *, ema: bool = False) -> LoadedRun:
+    """The run in `workdir` at checkpoint `step` (default: the newest that verifies), on the
+    CPU. `ema=True` takes the weight EMA (runs trained with train.ema_decay > 0)."""
     workdir = Path(workdir)
     config = wd.load_config(workdir)
-    _, _, info = open_sources(config.data)
-    model = models.create(config.model.name, num_classes=info.num_classes, **config.model.kwargs)
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    shape = (config.data.image_size, config.data.image_size, info.image_shape[-1])
-    tx, _ = optim.create(config.optim, 1)
-    template = jax.eval_shape(
-        lambda: task.create_state(
-            model, tx, jax.random.PRNGKey(0), shape, ema=config.train.get("ema_decay", 0) > 0
-        )
-    )
-    ckpt = Checkpointer(workdir / "checkpoints", keep=1_000_000, best_metric="accuracy")
+    info = wd.load_info(workdir)
+    if info is None:  # a run written before dataset_info.json existed: ask the dataset
+        info = open_sources(config.data)[2]
+    task = build_task(config, info)
+    model = build_model(config, task, speed=False)
+    ckpt = Checkpointer(workdir / "checkpoints", create=False)
     try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise ConfigError(f"{workdir} has no checkpoints yet")
-        state = ckpt.restore_state(step, abstract_like(template, cpu))
+        found_step, state = ckpt.read(step)
     finally:
-        ckpt.manager.close()
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    variables = jax.tree.map(lambda x: jnp.asarray(x), variables)
-    return LoadedRun(model=model, variables=variables, config=config, step=int(step), info=info)
+        ckpt.close()
+    if ema and not state.get("ema_params"):
+        raise ConfigError(f"{workdir} was trained without a weight EMA (train.ema_decay 0)")
+    params, stats = ("ema_params", "ema_batch_stats") if ema else ("params", "batch_stats")
+    cpu = jax.devices("cpu")[0]
+    variables = {"params": state[params], "batch_stats": state.get(stats) or {}}
+    variables = jax.tree.map(lambda x: jax.device_put(np.asarray(x), cpu), variables)
+    return LoadedRun(model, variables, config, int(found_step), info, task)

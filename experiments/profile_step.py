@@ -36,7 +36,7 @@ def kind_of(name: str) -> str:
 
 
 def build(model_name: str, batch: int, dtype: str, image_size: int, batch_norm: str):
-    """The train step of `./launch.sh bench` (cnnjax.bench.compiled_step)."""
+    """The train step of `./launch.sh bench` (cnnjax.tools.bench.compiled_step)."""
     from cnnjax.tools.bench import _image_size, compiled_step
 
     job = {"model": model_name, "batch": batch, "dtype": dtype, "conv": "auto", "mode": "train",

@@ -44,3 +44,42 @@ def load_config(name: str, arg: str | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def classification_task(num_classes: int = 10, image_size: int = 16, channels: int = 3, **kw):
+    """A classification task on a synthetic dataset description (no data on disk)."""
+    from cnnjax import tasks
+    from cnnjax.data.sources import DataInfo
+
+    info = DataInfo.synthetic((image_size, image_size, channels), num_classes)
+    return tasks.create("classification", info, image_size=image_size, **kw)
+
+
+def classification_step(num_classes: int = 10, **kw):
+    """The engine's train step with a classification task (what the trainer jits)."""
+    import functools
+
+    from cnnjax.engine.step import train_step
+
+    task = classification_task(num_classes, **{k: v for k, v in kw.items() if k in _TASK_KW})
+    rest = {k: v for k, v in kw.items() if k not in _TASK_KW}
+    return functools.partial(train_step, task=task, **rest)
+
+
+def classification_eval(num_classes: int = 10):
+    """The engine's eval step with a classification task: per-example outputs [B]."""
+    import functools
+
+    from cnnjax.engine.step import eval_step
+
+    return functools.partial(eval_step, task=classification_task(num_classes))
+
+
+def image_inputs(shape) -> tuple:
+    """Init inputs of an image model: a batch of one zero image of `shape` (H, W, C)."""
+    import numpy as np
+
+    return (np.zeros((1, *shape), np.float32),)
+
+
+_TASK_KW = ("label_smoothing", "aux_loss_weight", "image_size", "channels")

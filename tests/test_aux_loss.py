@@ -13,9 +13,14 @@ import pytest
 
 from cnnjax import models
 from cnnjax.config.base import base_config
-from cnnjax.config.validate import check_values
+from cnnjax.data.sources import DataInfo
+from cnnjax.engine.build import build_task
+from cnnjax.engine.state import TrainState, create_state
 from cnnjax.errors import ConfigError
-from cnnjax.tasks.classification import TrainState, create_state, eval_step, train_step
+from tests.conftest import classification_eval, classification_step, image_inputs
+
+train_step = classification_step(3)  # the engine's step with a 3-class task
+eval_step = classification_eval(3)
 
 FAST = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 GOOGLENET_AUX_WEIGHT = 0.3  # Szegedy et al. 2014, sec. 5; torchvision's reference recipe
@@ -54,7 +59,7 @@ def _tiny():
     model = TwoAuxHeads()
     x = jax.random.normal(jax.random.key(0), (4, 2, 2, 3))
     batch = {"image": x, "label": jnp.array([0, 2, 1, 2]), "mask": jnp.array([1.0, 1, 1, 0])}
-    state = create_state(model, optax.sgd(0.1), jax.random.key(1), (2, 2, 3))
+    state = create_state(model, optax.sgd(0.1), jax.random.key(1), image_inputs((2, 2, 3)))
     return model, jax.device_put(state, jax.devices()[0]), batch
 
 
@@ -71,7 +76,7 @@ def _by_hand(model, state, batch):
 def test_loss_is_main_plus_weighted_aux_by_hand(weight):
     model, state, batch = _tiny()
     main, aux1, aux2 = _by_hand(model, state, batch)
-    step = jax.jit(functools.partial(train_step, aux_loss_weight=weight))
+    step = jax.jit(classification_step(3, aux_loss_weight=weight))
     new_state, metrics = step(state, batch)
     np.testing.assert_allclose(metrics["loss"], main + weight * (aux1 + aux2), rtol=1e-5)
     np.testing.assert_allclose(metrics["main_loss"], main, rtol=1e-5)
@@ -89,7 +94,7 @@ def test_aux_sums_accumulate_over_micro_batches():
     _, state, batch = _tiny()
     batch["mask"] = jnp.ones((4,))
     one = jax.jit(train_step)(state, batch)[1]
-    two = jax.jit(functools.partial(train_step, grad_accum_steps=2))(state, batch)[1]
+    two = jax.jit(classification_step(3, grad_accum_steps=2))(state, batch)[1]
     assert set(one) == set(two) >= {"loss", "main_loss", "aux_loss", "accuracy"}
     for k in one:
         np.testing.assert_allclose(two[k], one[k], rtol=1e-5, err_msg=k)
@@ -97,9 +102,10 @@ def test_aux_sums_accumulate_over_micro_batches():
 
 def test_models_without_aux_heads_keep_their_metrics():
     _, _, batch = _tiny()
-    state = create_state(OneHead(), optax.sgd(0.1), jax.random.key(1), (2, 2, 3))
+    state = create_state(OneHead(), optax.sgd(0.1), jax.random.key(1), image_inputs((2, 2, 3)))
     metrics = jax.jit(train_step)(state, batch)[1]
-    assert set(metrics) == {"loss", "accuracy", "top5_accuracy", "grad_norm", "param_norm"}
+    shown = {k for k in metrics if not k.startswith("weight/")}
+    assert shown == {"loss", "accuracy", "top5_accuracy", "grad_norm", "param_norm"}
 
 
 def _host_state(model, x, tx):
@@ -131,6 +137,7 @@ def test_googlenet_trains_its_aux_heads_and_evaluates_without_them():
     labels = np.array([0, 3])
     batch = {"image": x, "label": jnp.asarray(labels), "mask": jnp.ones((2,))}
     state = _host_state(model, x, optax.sgd(0.01))
+    eval_4 = classification_eval(4)
 
     @functools.partial(jax.jit, compiler_options=FAST)
     def by_hand(state):
@@ -144,13 +151,13 @@ def test_googlenet_trains_its_aux_heads_and_evaluates_without_them():
         params = dict(state.params)
         params["aux1"] = jax.tree.map(lambda p: p + 1.0, params["aux1"])
         params["aux2"] = jax.tree.map(lambda p: -p, params["aux2"])
-        scrambled = eval_step(state.replace(params=params), batch)
+        scrambled = eval_4(state.replace(params=params), batch)
         eval_logits, _ = model.apply(variables, x)
-        return (logits, *feats["aux_logits"]), eval_logits, eval_step(state, batch), scrambled
+        return (logits, *feats["aux_logits"]), eval_logits, eval_4(state, batch), scrambled
 
     (logits, aux1, aux2), _, _, _ = by_hand(state)
     main, a1, a2 = (_ce(z, labels).mean() for z in (logits, aux1, aux2))
-    step = jax.jit(functools.partial(train_step), compiler_options=FAST)
+    step = jax.jit(classification_step(4), compiler_options=FAST)
     new_state, metrics = step(state, batch)
     np.testing.assert_allclose(metrics["loss"], main + 0.3 * (a1 + a2), rtol=1e-4)
     np.testing.assert_allclose(metrics["main_loss"], main, rtol=1e-4)
@@ -165,12 +172,15 @@ def test_googlenet_trains_its_aux_heads_and_evaluates_without_them():
     _, eval_logits, sums, scrambled = by_hand(new_state)
     for k in sums:
         np.testing.assert_array_equal(sums[k], scrambled[k], err_msg=k)
-    np.testing.assert_allclose(sums["loss"], _ce(eval_logits, labels).sum(), rtol=1e-4)
+    np.testing.assert_allclose(sums["loss"], _ce(eval_logits, labels), rtol=1e-4)
 
 
 def test_config_default_and_validation():
     c = base_config()
-    assert c.model.aux_loss_weight == GOOGLENET_AUX_WEIGHT
-    c.model.aux_loss_weight = -0.1
-    with pytest.raises(ConfigError, match="model.aux_loss_weight must be non-negative, got -0.1"):
-        check_values(c)
+    assert c.task.kwargs.aux_loss_weight == GOOGLENET_AUX_WEIGHT
+    c.task.kwargs.aux_loss_weight = -0.1
+    info = DataInfo.synthetic((8, 8, 1), 10)
+    with pytest.raises(
+        ConfigError, match="task.kwargs.aux_loss_weight must be non-negative, got -0.1"
+    ):
+        build_task(c, info)

@@ -14,11 +14,11 @@ from jax.ad_checkpoint import print_saved_residuals
 
 from cnnjax import models
 from cnnjax.config.validate import check_speed
+from cnnjax.engine.state import create_state
 from cnnjax.errors import ConfigError
 from cnnjax.models import rewrite
 from cnnjax.models.batch_norm import BatchNorm
-from cnnjax.tasks import classification as task
-from tests.conftest import load_config
+from tests.conftest import classification_step, image_inputs, load_config
 
 X = jax.random.normal(jax.random.key(0), (4, 6, 6, 8)) * 3 + 1
 W = jax.random.normal(jax.random.key(2), X.shape)
@@ -125,8 +125,8 @@ def test_a_train_step_with_either_batch_norm_agrees():
             cfg.batch_norm = name
         model = rewrite.apply_to_model(models.create("resnet20_cifar", num_classes=10), cfg)
         assert model.norm is rewrite.BATCH_NORMS[name]
-        state = task.create_state(model, optax.sgd(0.1), jax.random.key(0), (16, 16, 3))
-        results.append(jax.jit(task.train_step)(state, batch))
+        state = create_state(model, optax.sgd(0.1), jax.random.key(0), image_inputs((16, 16, 3)))
+        results.append(jax.jit(classification_step(10))(state, batch))
     (sa, ma), (sb, mb) = results
     assert float(ma["loss"]) == float(mb["loss"])  # identical forward
     for a, b in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params), strict=True):

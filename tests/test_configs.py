@@ -9,6 +9,7 @@ from tests.conftest import ROOT, load_config
 
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").glob("*.py"))
 GROUPS = {
+    "task": {"name", "kwargs"},
     "data": {"name", "batch_size", "image_size", "aug"},
     "model": {"name", "kwargs"},
     "optim": {"name", "learning_rate", "weight_decay", "schedule"},

@@ -220,7 +220,7 @@ def test_conversion_works_without_torch(tmp_path):
     convert.save_safetensors(torchvision.models.resnet18(weights=None).state_dict(), path)
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-        "from cnnjax import convert, init_from, trainer\n"
+        "from cnnjax import convert\nfrom cnnjax.engine import init_from, trainer\n"
         f"v = convert.from_torchvision('resnet18', convert.load_state_dict({str(path)!r}))\n"
         "assert v['params']['fc']['kernel'].shape == (512, 1000)\n"
     )

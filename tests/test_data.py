@@ -10,8 +10,33 @@ import tensorflow_datasets as tfds
 from cnnjax.data import open_sources, pipeline
 from cnnjax.data import transforms as T
 from cnnjax.data.digits import split_indices
+from cnnjax.engine.build import build_task
 from cnnjax.errors import ConfigError
 from tests.conftest import load_config
+
+
+def train_ds(source, data_cfg, info, *, seed, process_index=0, process_count=1):
+    """The trainer's train stream for a classification config's data group."""
+    c = load_config("configs/resnet20_cifar.py", "digits")
+    with c.unlocked():
+        c.data = data_cfg
+    task = build_task(c, info)
+    return pipeline.train_dataset(
+        source, task.train_preprocess, task.features(), batch_size=data_cfg.batch_size,
+        seed=seed, process_index=process_index, process_count=process_count,
+    )  # fmt: skip
+
+
+def eval_ds(source, data_cfg, info, *, global_batch, process_index=0, process_count=1):
+    c = load_config("configs/resnet20_cifar.py", "digits")
+    with c.unlocked():
+        c.data = data_cfg
+    task = build_task(c, info)
+    return pipeline.eval_dataset(
+        source, task.eval_preprocess, task.features(), global_batch=global_batch,
+        max_examples=data_cfg.max_eval_examples, process_index=process_index,
+        process_count=process_count,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +71,7 @@ def test_digits_split_is_fixed_stratified_and_complete(digits):
 
 def test_train_batches_have_documented_shapes(digits):
     config, train, _, info = digits
-    batch = next(iter(pipeline.train_dataset(train, config.data, info, seed=0)))
+    batch = next(iter(train_ds(train, config.data, info, seed=0)))
     b, s = config.data.batch_size, config.data.image_size
     assert batch["image"].shape == (b, s, s, 1) and batch["image"].dtype == np.float32
     assert batch["label"].dtype == np.int32 and batch["mask"].sum() == b
@@ -55,14 +80,14 @@ def test_train_batches_have_documented_shapes(digits):
 
 def test_shuffle_is_deterministic_by_seed_and_reshuffles_each_epoch(digits):
     config, train, _, info = digits
-    a = first_indices(pipeline.train_dataset(train, config.data, info, seed=3), 2)
-    b = first_indices(pipeline.train_dataset(train, config.data, info, seed=3), 2)
-    c = first_indices(pipeline.train_dataset(train, config.data, info, seed=4), 2)
+    a = first_indices(train_ds(train, config.data, info, seed=3), 2)
+    b = first_indices(train_ds(train, config.data, info, seed=3), 2)
+    c = first_indices(train_ds(train, config.data, info, seed=4), 2)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     data_cfg = config.data.copy_and_resolve_references()
     data_cfg.batch_size = 719  # two batches = exactly one epoch of 1438
-    epochs = first_indices(pipeline.train_dataset(train, data_cfg, info, seed=0), 4)
+    epochs = first_indices(train_ds(train, data_cfg, info, seed=0), 4)
     assert sorted(epochs[:1438]) == list(range(1438))
     assert sorted(epochs[1438:]) == list(range(1438))
     assert not np.array_equal(epochs[:1438], epochs[1438:])
@@ -70,12 +95,12 @@ def test_shuffle_is_deterministic_by_seed_and_reshuffles_each_epoch(digits):
 
 def test_iterator_state_restores_exactly(digits):
     config, train, _, info = digits
-    it = iter(pipeline.train_dataset(train, config.data, info, seed=0))
+    it = iter(train_ds(train, config.data, info, seed=0))
     for _ in range(3):
         next(it)
     state = it.get_state()
     expected = [next(it) for _ in range(2)]
-    fresh = iter(pipeline.train_dataset(train, config.data, info, seed=0))
+    fresh = iter(train_ds(train, config.data, info, seed=0))
     fresh.set_state(state)
     for want in expected:
         got = next(fresh)
@@ -85,15 +110,9 @@ def test_iterator_state_restores_exactly(digits):
 
 def test_process_shards_union_to_the_global_batch(digits):
     config, train, _, info = digits
-    single = next(iter(pipeline.train_dataset(train, config.data, info, seed=1)))
+    single = next(iter(train_ds(train, config.data, info, seed=1)))
     parts = [
-        next(
-            iter(
-                pipeline.train_dataset(
-                    train, config.data, info, seed=1, process_index=p, process_count=2
-                )
-            )
-        )
+        next(iter(train_ds(train, config.data, info, seed=1, process_index=p, process_count=2)))
         for p in range(2)
     ]
     assert all(len(p["index"]) == config.data.batch_size // 2 for p in parts)
@@ -105,7 +124,7 @@ def test_eval_covers_every_example_once_with_padding(digits, batch, processes):
     config, _, test, info = digits
     seen = []
     for p in range(processes):
-        ds, num_batches = pipeline.eval_dataset(
+        ds, num_batches = eval_ds(
             test, config.data, info, global_batch=batch, process_index=p, process_count=processes
         )
         batches = list(ds)
@@ -142,7 +161,7 @@ def test_transforms():
 
 def test_bad_records_are_named(digits):
     config, _, _, info = digits
-    prep = pipeline.preprocess_for(config.data, info, train=False)
+    prep = build_task(config, info).eval_preprocess
     good = {"image": np.zeros((8, 8, 1), np.uint8), "label": 3, "index": 7}
     assert prep(good)["label"] == 3
     with pytest.raises(ValueError, match="record 7: label 10 outside"):
@@ -182,7 +201,7 @@ def test_catalogue_dataset_through_tfds_mock_data(tmp_path):
     ):
         train, test, info = open_sources(config.data)
         assert (info.num_classes, info.image_shape, info.num_train) == (10, (32, 32, 3), 40)
-        batch = next(iter(pipeline.train_dataset(train, config.data, info, seed=0)))
+        batch = next(iter(train_ds(train, config.data, info, seed=0)))
         assert batch["image"].shape == (config.data.batch_size, 32, 32, 3)
-        ds, n = pipeline.eval_dataset(test, config.data, info, global_batch=16)
+        ds, n = eval_ds(test, config.data, info, global_batch=16)
         assert sum(b["mask"].sum() for b in ds) == 40 and n == 3

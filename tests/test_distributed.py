@@ -60,16 +60,23 @@ def test_two_processes_match_one(tmp_path):
                             timeout=600)  # fmt: skip
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert single.returncode == 0, single.stderr[-2000:]
+    rev = subprocess.run([*cmd, "0", "1", "reversed"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert rev.returncode == 0, rev.stderr[-2000:]
     assert all(p.returncode == 0 for p in procs), errs[0][-2000:] + errs[1][-2000:]
     one = json.loads((tmp_path / "result1.json").read_text())
     two = json.loads((tmp_path / "result2.json").read_text())
     assert (one["processes"], two["processes"], two["devices"]) == (1, 2, 2)
-    # Same tolerances as the 1-vs-8-device test (tests/test_trainer.py): BN's one-pass
-    # variance over two shards rounds differently.
-    np.testing.assert_allclose(one["losses"], two["losses"], rtol=2e-3)
-    p1, p2 = np.load(tmp_path / "params1.npz"), np.load(tmp_path / "params2.npz")
-    assert sorted(p1.files) == sorted(p2.files)
-    assert max(float(np.abs(p1[k] - p2[k]).max()) for k in p1.files) < 1e-3
+    # As in the 1-vs-8-device test (tests/test_trainer.py): two processes read the batch in
+    # another order and reduce over two shards; the first update may move no further from
+    # one process's than a reordering of the same batch on one process moves it.
+    np.testing.assert_allclose(one["losses"], two["losses"], rtol=1e-2)
+    init, f1, f2, fr = (np.load(tmp_path / f"{n}.npz") for n in ("init1", "first1", "first2",
+                                                                  "first1r"))  # fmt: skip
+    assert sorted(f1.files) == sorted(f2.files) == sorted(fr.files)
+    norm = lambda a, b: np.sqrt(sum(float(((a[k] - b[k]) ** 2).sum()) for k in a.files))
+    step = norm(f1, init)
+    assert norm(f1, f2) / step < 3 * norm(f1, fr) / step + 1e-4, (norm(f1, f2), norm(f1, fr))
     assert one["eval"]["num_examples"] == two["eval"]["num_examples"] == 64
     assert abs(one["eval"]["loss"] - two["eval"]["loss"]) < 1e-2 * max(1.0, one["eval"]["loss"])
 

@@ -1,8 +1,10 @@
 """Transfer learning end to end: torchvision weights on disk -> fine-tuned cnnjax model."""
 
+import functools
 import importlib.util
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,12 +13,12 @@ import optax
 import pytest
 from flax import traverse_util
 
-from cnnjax import convert
+from cnnjax import convert, models
 from cnnjax.config.base import base_config
 from cnnjax.engine import init_from, trainer
 from cnnjax.engine.checkpointing import Checkpointer
+from cnnjax.engine.state import TrainState
 from cnnjax.errors import ConfigError
-from cnnjax.tasks import classification as task
 
 # torch is an optional extra; `./launch.sh test` installs it, so CI runs these tests.
 torch = pytest.importorskip("torch", reason="torch extra not installed (pip install -e .[torch])")
@@ -95,7 +97,7 @@ def _zero_state(path, num_classes=10):
     v = convert.from_torchvision("resnet18", convert.load_state_dict(path))
     v["params"]["fc"] = {"kernel": np.ones((512, num_classes)), "bias": np.ones(num_classes)}
     zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), v)
-    return task.TrainState.create(
+    return TrainState.create(
         apply_fn=None,
         params=zeros["params"],
         batch_stats=zeros["batch_stats"],
@@ -138,7 +140,7 @@ def test_loads_by_name_and_keeps_excluded_fresh(resnet18_file):
 
 
 def test_weight_ema_starts_from_the_loaded_weights(resnet18_file):
-    assert "ema_params" in task.TrainState.__dataclass_fields__
+    assert "ema_params" in TrainState.__dataclass_fields__
     state = _zero_state(resnet18_file)
     state = state.replace(ema_params=state.params, ema_batch_stats=state.batch_stats)
     state = init_from.apply_init(_init_config(resnet18_file), state)
@@ -171,3 +173,46 @@ def test_bad_init_values_are_named(resnet18_file, tmp_path):
             _init_config(resnet18_file, exclude=(), freeze_backbone=True),
             _zero_state(resnet18_file, 1000),
         )
+
+
+class _WithBackbone(nn.Module):
+    """A composite: a registry backbone held as a field (params under 'backbone') + a head."""
+
+    num_classes: int
+    backbone: nn.Module = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        _, feats = self.backbone(x, train=train)
+        return nn.Dense(self.num_classes, name="head")(feats["pre_logits"]), feats
+
+
+def test_pretrained_backbone_loads_by_prefix_into_a_composite_and_freezes(tmp_path, resnet18_file):
+    models.register(
+        "test_composite",
+        functools.partial(_WithBackbone, backbone=models.create("resnet18", num_classes=0)),
+        replace=True,
+    )
+    config = _smoke_config()
+    config.model.name = "test_composite"
+    config.init.update(
+        checkpoint=str(resnet18_file), model="resnet18", prefix="backbone", freeze_backbone=True
+    )
+    trainer.train_and_evaluate(config, tmp_path / "composite")
+    ckpt = Checkpointer(tmp_path / "composite" / "checkpoints", create=False)
+    try:
+        final = _flat(ckpt.read()[1]["params"])
+    finally:
+        ckpt.close()
+    start = _pretrained_start(resnet18_file)
+    backbone = {
+        p.removeprefix("backbone/"): v for p, v in final.items() if p.startswith("backbone/")
+    }
+    assert sorted(backbone) == sorted(start)  # the headless backbone: everything but fc
+    assert _changed(start, backbone) == []  # loaded, then frozen: bitwise as converted
+    assert {p for p in final if not p.startswith("backbone/")} == {"head/bias", "head/kernel"}
+    bad = _init_config(resnet18_file, model="resnet18", prefix="encoder")
+    bad.model.name = "test_composite"
+    state = _zero_state(resnet18_file)
+    with pytest.raises(ConfigError, match="init.prefix 'encoder' matches no params"):
+        init_from.apply_init(bad, state)

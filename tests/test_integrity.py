@@ -14,6 +14,7 @@ import pytest
 from cnnjax.engine import guards
 from cnnjax.engine.checkpointing import Checkpointer, CheckpointsUnreadable, abstract_like
 from cnnjax.errors import ConfigError
+from tests.conftest import classification_step, image_inputs
 
 REPL = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
@@ -131,7 +132,7 @@ def _tiny_state(lr: float):
     import flax.linen as nn
     import optax
 
-    from cnnjax.tasks import classification as task
+    from cnnjax.engine.state import create_state
 
     class Tiny(nn.Module):
         num_classes: int = 3
@@ -141,8 +142,10 @@ def _tiny_state(lr: float):
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x.reshape(len(x), -1))
             return nn.Dense(self.num_classes)(x), {}
 
-    state = task.create_state(Tiny(), optax.sgd(lr, momentum=0.9), jax.random.key(0), (2, 2, 1))
-    return state, task.train_step
+    state = create_state(
+        Tiny(), optax.sgd(lr, momentum=0.9), jax.random.key(0), image_inputs((2, 2, 1))
+    )
+    return state, classification_step(3)
 
 
 def _batch(scale: float = 1.0):
@@ -198,8 +201,8 @@ def test_record_log_drops_rows_after_the_restored_step(tmp_path):
 
 def test_read_error_names_the_record_from_grain_threads():
     from cnnjax.data import pipeline
-    from cnnjax.data.sources import DataInfo, ReadChecked
-    from tests.conftest import load_config
+    from cnnjax.data.sources import ReadChecked
+    from tests.conftest import classification_task
 
     class Broken:
         def __len__(self):
@@ -210,9 +213,11 @@ def test_read_error_names_the_record_from_grain_threads():
                 raise OSError("bad block")
             return {"image": np.zeros((8, 8, 1), np.uint8), "label": 1}
 
-    info = DataInfo("x", 10, 40, 40, (8, 8, 1), (0.5,), (0.25,))
-    config = load_config("configs/resnet20_cifar.py", "digits,smoke")
-    ds = pipeline.train_dataset(ReadChecked(Broken(), "x/train"), config.data, info, seed=0)
+    task = classification_task(10, image_size=8, channels=1)
+    source = ReadChecked(Broken(), "x/train")
+    ds = pipeline.train_dataset(
+        source, task.train_preprocess, task.features(), batch_size=16, seed=0
+    )
     with pytest.raises(ValueError, match=r"record 7 of x/train cannot be read \(OSError: bad"):
         for _ in zip(range(5), ds, strict=False):
             pass

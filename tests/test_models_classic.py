@@ -7,7 +7,6 @@ parity of whole models with torchvision lives in test_convert.py). Smoke: one ji
 step per family.
 """
 
-import functools
 import math
 
 import jax
@@ -17,10 +16,11 @@ import optax
 import pytest
 
 from cnnjax import models
+from cnnjax.engine.state import create_state
 from cnnjax.errors import ConfigError
 from cnnjax.models.alexnet import local_response_norm
 from cnnjax.ops.pooling import adaptive_avg_pool, adaptive_bins, max_pool
-from cnnjax.tasks.classification import create_state, eval_step, train_step
+from tests.conftest import classification_eval, classification_step, image_inputs
 
 # Test-only compile-time savers, neither of which changes what is traced or how jit caches
 # it: the 'rbg' PRNG for parameter init (threefry's init graphs compile 2-3x slower on CPU)
@@ -166,7 +166,9 @@ def test_output_and_feature_shapes_at_small_size(name):
     size, channels, expected = SMALL[_family(name)]
     (logits, feats), _ = _abstract(models.create(name, num_classes=7), (2, size, size, channels))
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
-    assert {k: v.shape[1:] for k, v in feats.items()} == expected(name)
+    # The 'stride{s}' / VGG 'pool{k}' maps are checked for every family in test_backbones.py.
+    named = {k: v.shape[1:] for k, v in feats.items() if not k.startswith(("stride", "pool"))}
+    assert named == expected(name)
 
 
 # One pixel under each family's smallest input (the same minimum as torchvision's twin).
@@ -402,13 +404,13 @@ def test_one_jitted_train_step(name):
     size, channels, kwargs = SMOKE[name]
     model = models.create(name, num_classes=4, **kwargs)
     tx = optax.sgd(0.01, 0.9)
-    init = lambda r: create_state(model, tx, r, (size, size, channels))
+    init = lambda r: create_state(model, tx, r, image_inputs((size, size, channels)))
     # Jitted like the trainer's init, so the first step already sees committed arrays.
     state = jax.jit(init, compiler_options=FAST_COMPILE)(_key(0))
     images = jax.random.normal(jax.random.key(1), (2, size, size, channels))
     batch = {"image": images, "label": jnp.array([0, 3]), "mask": jnp.ones((2,))}
     # A fresh partial: jax.jit shares one cache among wrappers of the same function object.
-    step = jax.jit(functools.partial(train_step), compiler_options=FAST_COMPILE)
+    step = jax.jit(classification_step(4), compiler_options=FAST_COMPILE)
     new_state, _ = step(state, batch)
     new_state, metrics = step(new_state, batch)
     assert step._cache_size() == 1
@@ -420,5 +422,5 @@ def test_one_jitted_train_step(name):
         lambda a, b: bool(jnp.any(a != b)), state.batch_stats, new_state.batch_stats
     )
     assert all(jax.tree.leaves(stats_moved))  # every BN's running statistics were updated
-    sums = jax.jit(eval_step, compiler_options=FAST_COMPILE)(new_state, batch)
-    assert float(sums["count"]) == 2 and bool(jnp.isfinite(sums["loss"]))
+    out = jax.jit(classification_eval(4), compiler_options=FAST_COMPILE)(new_state, batch)
+    assert float(out["mask"].sum()) == 2 and bool(jnp.all(jnp.isfinite(out["loss"])))

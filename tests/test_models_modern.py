@@ -12,11 +12,12 @@ import optax
 import pytest
 
 from cnnjax import models
+from cnnjax.engine.state import TrainState
 from cnnjax.errors import ConfigError
 from cnnjax.models.efficientnet import MBConv
 from cnnjax.models.layers import SqueezeExcite, feature_name, make_divisible
 from cnnjax.models.shufflenet import channel_shuffle
-from cnnjax.tasks.classification import TrainState, train_step
+from tests.conftest import classification_step
 
 # ---- Reference parameter counts, 1000 classes ------------------------------------------------
 # torchvision weight metadata.
@@ -148,7 +149,8 @@ def test_logits_and_feature_shapes(name, train):
     logits, feats = abstract_forward(model, jnp.zeros((2, 64, 64, 3)), train)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
     sizes, channels = SHAPES_64[name]
-    assert set(feats) == {*FEATURES, "pre_logits"}
+    strides = {f"stride{2**k}" for k in range(1, 6)}  # the last map at each stride
+    assert set(feats) == {*FEATURES, *strides, "pre_logits"}
     for key, s, c in zip(FEATURES, sizes, channels, strict=True):
         assert feats[key].shape == (2, s, s, c), key
     assert feats["pre_logits"].shape == (2, channels[-1])
@@ -308,7 +310,7 @@ def test_one_jitted_train_step(name):
     state = jax.device_put(state, jax.devices()[0])
     batch = {"image": x, "label": jnp.array([0, 3]), "mask": jnp.ones((2,), jnp.float32)}
     # A fresh function object: jit's cache is shared by every jax.jit of the same function.
-    step = jax.jit(functools.partial(train_step), compiler_options=FAST)
+    step = jax.jit(classification_step(4), compiler_options=FAST)
     new_state, metrics = step(state, batch)
     new_state, metrics = step(new_state, batch)
     assert step._cache_size() == 1

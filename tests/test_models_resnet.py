@@ -70,6 +70,13 @@ def test_features_have_stable_names_and_shapes():
         "stage3": (2, 4, 4, 256),
         "stage4": (2, 2, 2, 512),
         "pre_logits": (2, 512),
+        # the last map at each output stride (tests/test_backbones.py): the stage outputs, and
+        # conv1 + bn1 + ReLU before the max-pool at stride 2
+        "stride2": (2, 32, 32, 64),
+        "stride4": (2, 16, 16, 64),
+        "stride8": (2, 8, 8, 128),
+        "stride16": (2, 4, 4, 256),
+        "stride32": (2, 2, 2, 512),
     }
 
 

@@ -8,7 +8,7 @@ import pytest
 from cnnjax.engine import optim
 from cnnjax.errors import ConfigError
 from cnnjax.losses.classification import classification_loss, cross_entropy
-from cnnjax.metrics.classification import Sums, eval_sums, topk_correct
+from cnnjax.metrics.classification import ClassificationMetrics, topk_correct
 from tests.conftest import load_config
 
 
@@ -88,13 +88,25 @@ def test_topk_and_exact_sums_over_padded_batches():
     labels = jnp.array([2, 0, 0])
     np.testing.assert_array_equal(topk_correct(logits, labels, 1), [0, 1, 0])
     np.testing.assert_array_equal(topk_correct(logits, labels, 2), [1, 1, 0])
-    sums = Sums()
     ce = cross_entropy(logits, labels)
-    sums.add(eval_sums(logits[:2], labels[:2], jnp.array([1.0, 1.0]), ce[:2]))
-    sums.add(eval_sums(logits[2:], labels[2:], jnp.array([1.0]), ce[2:]))
-    sums.add(eval_sums(logits, labels, jnp.zeros(3), ce))  # an all-padding batch adds nothing
-    m = sums.classification()
+
+    def outputs(rows, mask):
+        z, y = logits[rows], labels[rows]
+        return {"loss": ce[rows], "top1": topk_correct(z, y, 1), "top5": topk_correct(z, y, 5),
+                "mask": jnp.asarray(mask, jnp.float32)}  # fmt: skip
+
+    sums = ClassificationMetrics()
+    sums.add(outputs(slice(0, 2), [1.0, 1.0]))
+    sums.add(outputs(slice(2, 3), [1.0]))
+    sums.add(outputs(slice(0, 3), [0.0, 0.0, 0.0]))  # an all-padding batch adds nothing
+    m = sums.result()
     assert m["num_examples"] == 3 and m["accuracy"] == pytest.approx(1 / 3)
     assert m["top5_accuracy"] == 1.0 and m["loss"] == pytest.approx(float(ce.mean()), rel=1e-6)
+    # Two processes' shares merged = one accumulator that saw everything.
+    a, b = ClassificationMetrics(), ClassificationMetrics()
+    a.add(outputs(slice(0, 2), [1.0, 0.0]))
+    b.add(outputs(slice(1, 3), [1.0, 1.0]))
+    a.merge(b)
+    assert a.result() == pytest.approx(m)
     with pytest.raises(ValueError, match="no examples"):
-        Sums().classification()
+        ClassificationMetrics().result()

@@ -1,7 +1,6 @@
 """Speed options: bfloat16 compute, gradient accumulation, weight EMA, the im2col conv and
 JAX's persistent compilation cache (a second start of the same run compiles nothing)."""
 
-import functools
 import json
 
 import flax.linen as nn
@@ -13,12 +12,12 @@ import pytest
 
 from cnnjax import models
 from cnnjax.config.validate import check_speed
+from cnnjax.engine.state import create_state
 from cnnjax.errors import ConfigError
 from cnnjax.logs.writers import read_metrics
 from cnnjax.models import rewrite
 from cnnjax.models.patch_conv import PatchConv, conv_for_backend
-from cnnjax.tasks import classification as task
-from tests.conftest import load_config, run_cli
+from tests.conftest import classification_step, image_inputs, load_config, run_cli
 
 SMOKE = "--config=configs/resnet20_cifar.py:digits,smoke"
 
@@ -62,18 +61,20 @@ def test_bfloat16_computes_in_bf16_but_keeps_float32_params_and_bn_stats():
     )
     assert model.dtype == jnp.bfloat16
     tx = optax.sgd(0.01, momentum=0.9)
-    state = task.create_state(model, tx, jax.random.key(0), (16, 16, 3))
+    state = create_state(model, tx, jax.random.key(0), image_inputs((16, 16, 3)))
     batch = _batch()
     logits, feats = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats}, batch["image"]
     )
     assert logits.dtype == jnp.float32 and feats["stage2"].dtype == jnp.bfloat16
-    new, metrics = jax.jit(task.train_step)(state, batch)
+    new, metrics = jax.jit(classification_step(10))(state, batch)
     dtypes = {x.dtype for x in jax.tree.leaves((new.params, new.batch_stats, new.opt_state))}
     assert dtypes == {jnp.dtype(jnp.float32)}
     # Same step in float32: the bf16 loss agrees to bf16 precision (8 mantissa bits).
-    f32 = task.create_state(model.clone(dtype=jnp.float32), tx, jax.random.key(0), (16, 16, 3))
-    _, m32 = jax.jit(task.train_step)(f32, batch)
+    f32 = create_state(
+        model.clone(dtype=jnp.float32), tx, jax.random.key(0), image_inputs((16, 16, 3))
+    )
+    _, m32 = jax.jit(classification_step(10))(f32, batch)
     assert abs(float(metrics["loss"]) - float(m32["loss"])) < 0.05 * float(m32["loss"])
 
 
@@ -92,10 +93,10 @@ def test_model_without_dtype_field_refuses_bfloat16():
 @pytest.mark.parametrize("k", [2, 4])
 def test_grad_accumulation_equals_the_whole_batch_without_bn(k):
     tx = optax.sgd(0.1, momentum=0.9)
-    state = task.create_state(TinyNet(), tx, jax.random.key(1), (16, 16, 3))
+    state = create_state(TinyNet(), tx, jax.random.key(1), image_inputs((16, 16, 3)))
     batch = _batch()
-    whole, m1 = jax.jit(task.train_step)(state, batch)
-    accum, mk = jax.jit(functools.partial(task.train_step, grad_accum_steps=k))(state, batch)
+    whole, m1 = jax.jit(classification_step(10))(state, batch)
+    accum, mk = jax.jit(classification_step(10, grad_accum_steps=k))(state, batch)
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(accum.params), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
     for name in ("loss", "accuracy", "top5_accuracy", "grad_norm"):
@@ -104,10 +105,10 @@ def test_grad_accumulation_equals_the_whole_batch_without_bn(k):
 
 def test_grad_accumulation_with_bn_is_close_and_updates_running_stats():
     model = models.create("resnet20_cifar", num_classes=10)
-    state = task.create_state(model, optax.sgd(0.01), jax.random.key(0), (16, 16, 3))
+    state = create_state(model, optax.sgd(0.01), jax.random.key(0), image_inputs((16, 16, 3)))
     batch = _batch(n=16)
-    whole, m1 = jax.jit(task.train_step)(state, batch)
-    accum, m2 = jax.jit(functools.partial(task.train_step, grad_accum_steps=2))(state, batch)
+    whole, m1 = jax.jit(classification_step(10))(state, batch)
+    accum, m2 = jax.jit(classification_step(10, grad_accum_steps=2))(state, batch)
     # BN normalises each micro-batch by its own statistics: close, not equal.
     assert abs(float(m1["loss"]) - float(m2["loss"])) < 0.1
     before = jax.tree.leaves(state.batch_stats)
@@ -119,8 +120,10 @@ def test_grad_accumulation_with_bn_is_close_and_updates_running_stats():
 
 def test_ema_follows_the_documented_update_and_is_kept_for_bn_stats():
     model = models.create("resnet20_cifar", num_classes=10)
-    state = task.create_state(model, optax.sgd(0.1), jax.random.key(0), (16, 16, 3), ema=True)
-    step = jax.jit(functools.partial(task.train_step, ema_decay=0.99))
+    state = create_state(
+        model, optax.sgd(0.1), jax.random.key(0), image_inputs((16, 16, 3)), ema=True
+    )
+    step = jax.jit(classification_step(10, ema_decay=0.99))
     new, _ = step(state, _batch())
     d = min(0.99, 1 / 10)  # warm-up at step 0: (1 + 0) / (10 + 0)
     for tree in ("params", "batch_stats"):
@@ -132,7 +135,7 @@ def test_ema_follows_the_documented_update_and_is_kept_for_bn_stats():
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert new.ema().params is new.ema_params
     # EMA off: nothing extra in the state (or in checkpoints).
-    off = task.create_state(model, optax.sgd(0.1), jax.random.key(0), (16, 16, 3))
+    off = create_state(model, optax.sgd(0.1), jax.random.key(0), image_inputs((16, 16, 3)))
     assert off.ema_params == {} and off.ema_batch_stats == {}
 
 

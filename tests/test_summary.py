@@ -1,5 +1,6 @@
-"""cnnjax.analysis.arithmetic and `python -m cnnjax.summary`: MACs against torchvision, hand-computed
-layers, receptive fields through branches, XLA's flop count, and the course's comparisons."""
+"""cnnjax.analysis.arithmetic and `python -m cnnjax.summary`: MACs against torchvision,
+hand-computed layers, receptive fields through branches, XLA's flop count, and the course's
+comparisons."""
 
 import importlib.util
 import json

@@ -14,7 +14,7 @@ import pytest
 
 from cnnjax.engine import trainer
 from cnnjax.logs.writers import read_metrics
-from tests.conftest import ROOT, load_config, run_cli
+from tests.conftest import ROOT, image_inputs, load_config, run_cli
 
 SMOKE = "--config=configs/resnet20_cifar.py:digits,smoke"
 
@@ -160,9 +160,9 @@ def test_too_small_image_is_a_config_error():
             x = nn.Conv(4, (5, 5), padding="VALID")(x)
             return x.mean((1, 2)), {"stage1": x}
 
-    check_model_input(Valid(), 8, 1)
-    with pytest.raises(ConfigError, match="cannot run on 3x3x1 images|too small"):
-        check_model_input(Valid(), 3, 1)
+    check_model_input(Valid(), image_inputs((8, 8, 1)))
+    with pytest.raises(ConfigError, match="cannot run on 3x3x1 inputs|too small"):
+        check_model_input(Valid(), image_inputs((3, 3, 1)))
 
 
 def test_evaluate_cli_and_notebook_load_agree(smoke_run):
@@ -206,12 +206,14 @@ def test_one_and_eight_devices_give_the_same_result(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["num_devices"] == 8
-    # Reductions run in another order on 8 shards and flax's one-pass BatchNorm variance
-    # amplifies float32 rounding (measured: 2.6e-4 max parameter difference after 3 steps,
-    # train losses equal to 4e-4 relative), so compare with a tolerance.
-    assert out["max_param_diff"] < 1e-3
+    # 8 shards only change the order of the reductions. From this init the update is that
+    # sensitive to summation order (BatchNorm's batch-mean cancellations): reversing the
+    # batch on one device moves it by ~0.5% (measured), so 8 devices must stay within a few
+    # times what a reordering does; a sharding bug (e.g. per-device statistics) is >> that.
+    assert out["first_update_diff_eight"] < 3 * out["first_update_diff_reordered"] + 1e-4, out
+    assert out["first_update_diff_reordered"] < 0.05, out  # the baseline itself is small
     np.testing.assert_allclose(
-        out["eval_one"]["train_losses"], out["eval_eight"]["train_losses"], rtol=2e-3
+        out["eval_one"]["train_losses"], out["eval_eight"]["train_losses"], rtol=1e-2
     )
     assert out["compiles_one"] == 1 and out["compiles_eight"] == 1  # no recompilation
     assert out["eval_one"]["num_examples"] == out["eval_eight"]["num_examples"] == 64

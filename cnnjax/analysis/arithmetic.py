@@ -120,14 +120,20 @@ def analyze(
     dtype: Any = jnp.float32,
     xla: bool = False,
 ) -> Summary:
-    """Per-layer arithmetic of a registry model name (built with `num_classes` and `dtype`) or
+    """Per-layer arithmetic of a registry model name (built with `num_classes` and `dtype`;
+    a model with `out_channels` instead, e.g. the autoencoder, gets the input's channels) or
     of a flax module, for one example of `input_shape` (H, W, C) float32. `xla=True` also
     compiles the forward pass for XLA's own flop count (seconds for big models)."""
     if isinstance(model, str):
         from cnnjax import models  # a tool above the model layer; ops/ stays model-free
 
         kwargs = {} if jnp.dtype(dtype) == jnp.float32 else {"dtype": dtype}
-        name, model = model, models.create(model, num_classes=num_classes, **kwargs)
+        fields = models.fields(model)
+        if "num_classes" in fields:
+            kwargs["num_classes"] = num_classes
+        if "out_channels" in fields:
+            kwargs["out_channels"] = int(input_shape[-1])
+        name, model = model, models.create(model, **kwargs)
     else:
         name = type(model).__name__
     if len(input_shape) < 2 or not all(isinstance(n, numbers.Integral) for n in input_shape):

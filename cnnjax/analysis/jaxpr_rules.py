@@ -3,7 +3,8 @@
 `apply(eqn, fields)` takes one equation and the receptive fields of its inputs (None for
 values that do not depend on the image: parameters, constants) and returns a `Step`: the
 field of its outputs, and for convolutions, pooling windows, global reductions and matrix
-products the layer kind, window and MACs. `cnnjax.analysis.arithmetic` walks a model's jaxpr with it.
+products the layer kind, window and MACs. `cnnjax.analysis.arithmetic` walks a model's jaxpr
+with it.
 """
 
 import dataclasses

@@ -1,17 +1,34 @@
-"""Shared shape of every config: the groups `data`, `model`, `optim`, `train`, `eval`.
+"""Shared shape of every config: the groups `task`, `data`, `model`, `optim`, `train`, `eval`.
 
-Config files build on `base_config()` and parse their comma-separated argument
-(`configs/x.py:digits,smoke`) with `parse_arg`. Nothing here derives one
-overridable value from another; the trainer does that.
+Config files build on `base_config()` (a classification task by default; `set_task` picks
+another) and parse their comma-separated argument (`configs/x.py:digits,smoke`) with
+`parse_arg`. Nothing here derives one overridable value from another; the trainer does that.
 """
 
 import ml_collections
 
+from cnnjax import tasks
 from cnnjax.errors import ConfigError
+
+
+def set_task(c: ml_collections.ConfigDict, name: str, **kwargs) -> None:
+    """Sets `c.task` to task `name` with all its options (defaults, then `kwargs`), so that
+    every option can be overridden from the command line (`--config.task.kwargs.x=y`)."""
+    options = tasks.options(name)
+    bad = sorted(set(kwargs) - set(options))
+    if bad:
+        raise ConfigError(f"task '{name}' has no option(s) {bad}; options: {sorted(options)}")
+    c.task.name = name
+    c.task.kwargs = ml_collections.ConfigDict({**options, **kwargs})
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+
+    c.task = ml_collections.ConfigDict()
+    c.task.name = "classification"
+    c.task.kwargs = ml_collections.ConfigDict()
+    set_task(c, "classification")
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"
@@ -35,9 +52,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet34"
     c.model.kwargs = ml_collections.ConfigDict()
-    # Weight of each auxiliary head's loss (models returning features['aux_logits'], e.g.
-    # googlenet with kwargs.aux_logits=True); 0.3 as in the GoogLeNet paper.
-    c.model.aux_loss_weight = 0.3
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"  # sgd | adamw
@@ -56,7 +70,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.num_steps = 1000
     c.train.num_epochs = 0  # > 0 overrides num_steps with epochs of the train split
     c.train.seed = 0
-    c.train.label_smoothing = 0.0
     c.train.log_every_steps = 50
     c.train.checkpoint_every_steps = 500
     c.train.keep_checkpoints = 2  # the latest N, plus the best by eval.best_metric
@@ -73,12 +86,15 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 500
-    c.eval.best_metric = "accuracy"
+    c.eval.best_metric = ""  # '' = the task's (classification: accuracy); kept by retention
+    c.eval.num_samples = 8  # examples drawn with their predictions into samples/*.png; 0 = off
 
     # Pretrained start (cnnjax/init_from.py); an empty checkpoint trains from scratch.
     c.init = ml_collections.ConfigDict()
     c.init.checkpoint = ""  # local torchvision state dict (.safetensors or .pth)
     c.init.source = "torchvision"
+    c.init.model = ""  # registry name the weights convert as ('' = model.name)
+    c.init.prefix = ""  # where they go in the model's variables ('' = all; e.g. 'backbone')
     c.init.exclude = ("fc",)  # modules kept freshly initialised (the head)
     c.init.freeze_backbone = False  # True: train only init.exclude (a linear probe)
     return c

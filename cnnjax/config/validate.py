@@ -1,7 +1,6 @@
 """Early checks of a config: every bad value gets a clear ConfigError before compilation."""
 
 import jax
-import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
 from cnnjax.models.rewrite import BATCH_NORMS, COMPUTE_DTYPES, CONV_CHOICES
@@ -33,9 +32,7 @@ def check_values(config, num_processes: int = 1, num_devices: int = 1) -> None:
     _positive(t.log_every_steps, "train.log_every_steps")
     _positive(t.checkpoint_every_steps, "train.checkpoint_every_steps")
     _positive(config.eval.every_steps, "eval.every_steps")
-    _positive(config.model.aux_loss_weight, "model.aux_loss_weight", allow_zero=True)
-    if not 0 <= t.label_smoothing < 1:
-        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing!r}")
+    _positive(config.eval.num_samples, "eval.num_samples", allow_zero=True)
     for name, value, allowed in [
         ("optim.name", o.name, OPTIMIZERS),
         ("optim.schedule", o.schedule, SCHEDULES),
@@ -56,22 +53,35 @@ def eval_batch(config) -> int:
     return config.data.eval_batch_size or config.data.batch_size
 
 
-def check_model_input(model, image_size: int, channels: int) -> None:
-    """Traces the model abstractly; too-small images or bad kwargs become ConfigErrors."""
-    x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+def check_eval_metric(config, task) -> tuple[str, str]:
+    """-> (metric name, 'max' | 'min') that checkpoint retention keeps the best of:
+    eval.best_metric, or the task's own when it is ''."""
+    name = config.eval.best_metric or task.best_metric
+    if name not in task.METRICS:
+        raise ConfigError(
+            f"eval.best_metric '{name}' is not a metric of task '{task.name}'; its metrics: "
+            f"{sorted(task.METRICS)}"
+        )
+    return name, task.METRICS[name]
+
+
+def check_model_input(model, init_inputs: tuple) -> None:
+    """Traces the model abstractly on the task's init inputs (a batch of one); too-small
+    images or bad kwargs become ConfigErrors."""
+    specs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in init_inputs)
+    shape = "x".join(str(d) for d in specs[0].shape[1:])
     try:
         _, feats = jax.eval_shape(
-            lambda x: model.init_with_output(jax.random.key(0), x, train=False)[0], x
+            lambda *x: model.init_with_output(jax.random.key(0), *x, train=False)[0], *specs
         )
     except (TypeError, ValueError, ZeroDivisionError) as e:
         raise ConfigError(
-            f"model '{type(model).__name__}' cannot run on {image_size}x{image_size}x{channels} "
-            f"images: {e}"
+            f"model '{type(model).__name__}' cannot run on {shape} inputs: {e}"
         ) from e
     for name, f in feats.items():
-        if f.ndim == 4 and min(f.shape[1:3]) < 1:
+        if getattr(f, "ndim", 0) == 4 and min(f.shape[1:3]) < 1:
             raise ConfigError(
-                f"data.image_size {image_size} is too small for this model: feature map "
+                f"data.image_size {specs[0].shape[1]} is too small for this model: feature map "
                 f"'{name}' would be {f.shape[1]}x{f.shape[2]}; use a larger image size"
             )
 

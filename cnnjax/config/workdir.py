@@ -1,4 +1,6 @@
-"""The workdir's `config.json`: written once, checked on every resume (read as data only)."""
+"""The workdir's `config.json` (written once, checked on every resume) and
+`dataset_info.json` (what a notebook needs to use the run without the dataset); both are
+read as data only."""
 
 import json
 from pathlib import Path
@@ -9,6 +11,7 @@ from cnnjax.errors import ConfigError
 
 # Changing any of these under a run makes its checkpoints meaningless for the new config.
 INCOMPATIBLE = (
+    "task.name",
     "data.name",
     "data.image_size",
     "model.name",
@@ -17,10 +20,14 @@ INCOMPATIBLE = (
 )
 
 
+# Values of settings that runs written before the setting existed had implicitly.
+_IMPLICIT = {"task.name": "classification"}
+
+
 def _get(d: dict, dotted: str):
     for part in dotted.split("."):
         d = d.get(part, {}) if isinstance(d, dict) else {}
-    return d
+    return _IMPLICIT.get(dotted, d) if d == {} else d
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -76,3 +83,27 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     if not path.exists():
         raise ConfigError(f"{workdir} has no config.json: not a cnnjax run directory")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+INFO_FILE = "dataset_info.json"
+
+
+def write_info(workdir: Path, info) -> None:
+    """Atomically writes the run's DataInfo (`cnnjax.data.DataInfo`) as JSON."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = workdir / (INFO_FILE + ".tmp")
+    tmp.write_text(info.to_json())
+    tmp.replace(workdir / INFO_FILE)
+
+
+def load_info(workdir):
+    """The DataInfo a run was trained on, or None for runs written before it was saved."""
+    from cnnjax.data.sources import DataInfo
+
+    path = Path(workdir) / INFO_FILE
+    if not path.exists():
+        return None
+    try:
+        return DataInfo.from_json(path.read_text())
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a valid dataset description ({e})") from e

@@ -1,8 +1,14 @@
-"""Opens train/eval data sources by name and describes them (`DataInfo`)."""
+"""Opens train/eval data sources by name and describes them (`DataInfo`).
+
+A source yields raw records as stored (nested dicts of numpy arrays, e.g. `image` uint8
+[H, W, C], `label`, `boxes`, `segmentation`); which keys a run needs is the task's business
+(`Task.check_info`), so any dataset opens here and a task that cannot use it says why.
+"""
 
 import contextlib
 import dataclasses
 import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -16,18 +22,84 @@ _STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "digits": ((0.3052,), (0.3732,)),
+    "digits_scenes": ((0.0691,), (0.2007,)),
 }
 
 
 @dataclasses.dataclass(frozen=True)
+class FeatureInfo:
+    """One stored feature: shape (None = varying), numpy dtype name, and for class labels
+    the class count and names."""
+
+    shape: tuple
+    dtype: str
+    num_classes: int | None = None
+    names: tuple[str, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class DataInfo:
+    """What a dataset holds. `features` maps flattened stored keys ('image', 'label',
+    'objects/bbox', ...) to their FeatureInfo; `metadata` is the builder's (class names of
+    boxes and masks, ignore index, ...). Written into every workdir (`dataset_info.json`)
+    so that a trained run can be loaded without the dataset on disk."""
+
     name: str
-    num_classes: int
     num_train: int
     num_eval: int
-    image_shape: tuple[int, int, int]  # (H, W, C) as stored; None dims = varying size
+    features: dict
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> tuple | None:
+        """(H, W, C) of stored images (None dims: varying size), or None without images."""
+        f = self.features.get("image")
+        return None if f is None else tuple(f.shape)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The class count of the `label` feature (None if there is none)."""
+        f = self.features.get("label")
+        return None if f is None else f.num_classes
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DataInfo":
+        d = json.loads(text)
+        feats = {
+            k: FeatureInfo(
+                shape=tuple(v["shape"]),
+                dtype=v["dtype"],
+                num_classes=v.get("num_classes"),
+                names=tuple(v["names"]) if v.get("names") is not None else None,
+            )
+            for k, v in d["features"].items()
+        }
+        return cls(
+            name=d["name"],
+            num_train=d["num_train"],
+            num_eval=d["num_eval"],
+            features=feats,
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            metadata=d.get("metadata", {}),
+        )
+
+    @classmethod
+    def synthetic(cls, image_shape=(32, 32, 3), num_classes: int | None = 10, **extra):
+        """An in-memory description (tests, benchmarks): `image` uint8 of `image_shape`,
+        `label` with `num_classes` classes (none if None), `extra` FeatureInfos."""
+        feats = {"image": FeatureInfo(tuple(image_shape), "uint8")}
+        if num_classes is not None:
+            names = tuple(str(i) for i in range(num_classes))
+            feats["label"] = FeatureInfo((), "int64", num_classes, names)
+        feats.update(extra)
+        c = image_shape[-1]
+        return cls("synthetic", 0, 0, feats, (0.5,) * c, (0.25,) * c)
 
 
 def resolve_data_dir(data_dir: str) -> str:
@@ -39,8 +111,14 @@ def resolve_data_dir(data_dir: str) -> str:
 
 def _embedded():
     from cnnjax.data.digits import Digits
+    from cnnjax.data.scenes import DigitsScenes
 
-    return {"digits": Digits}
+    return {"digits": Digits, "digits_scenes": DigitsScenes}
+
+
+def embedded_names() -> list[str]:
+    """The datasets that ship with cnnjax (built on first use, no download)."""
+    return sorted(_embedded())
 
 
 @contextlib.contextmanager
@@ -72,8 +150,9 @@ def _builder(name: str, data_dir: str):
     if name.split("/")[0].split(":")[0] not in catalogue:
         choices = sorted(catalogue | set(embedded))
         raise ConfigError(
-            f"unknown dataset '{name}'.{closest(name, choices)} Use 'digits' (embedded) or a "
-            "tensorflow-datasets catalogue name (e.g. cifar10, cifar100, imagenet2012)."
+            f"unknown dataset '{name}'.{closest(name, choices)} Use an embedded dataset "
+            f"({', '.join(sorted(embedded))}) or a tensorflow-datasets catalogue name (e.g. "
+            "cifar10, cifar100, imagenet2012)."
         )
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
@@ -124,47 +203,58 @@ class ReadChecked:
             ) from e
 
 
+def open_source(data_cfg, split: str):
+    """-> the random-access source of one split of the config's dataset."""
+    return _source(_builder(data_cfg.name, resolve_data_dir(data_cfg.data_dir)), split)
+
+
 def open_sources(data_cfg):
     """-> (train_source, eval_source, DataInfo) for config group `data`."""
     builder = _builder(data_cfg.name, resolve_data_dir(data_cfg.data_dir))
     train = _source(builder, data_cfg.train_split)
     evals = _source(builder, data_cfg.eval_split)
-    feats = builder.info.features
-    if "image" not in feats or "label" not in feats:
-        raise ConfigError(
-            f"dataset '{data_cfg.name}' has features {sorted(feats)}; classification needs "
-            "'image' and 'label'"
-        )
-    shape = tuple(feats["image"].shape)
-    if len(shape) != 3:
-        raise ConfigError(
-            f"dataset '{data_cfg.name}' images have shape {shape}; expected (H, W, C)"
-        )
-    base = data_cfg.name.split("/")[0].split(":")[0]
-    c = shape[-1]
+    return train, evals, describe(data_cfg.name, builder, len(train), len(evals))
+
+
+def describe(name: str, builder, num_train: int, num_eval: int) -> DataInfo:
+    """DataInfo of a tfds builder's dataset (no records are read)."""
+    feats = dict(_flatten(builder.info.features))
+    image = feats.get("image")
+    if image is not None and len(image.shape) != 3:
+        raise ConfigError(f"dataset '{name}' images have shape {image.shape}; expected (H, W, C)")
+    c = image.shape[-1] if image is not None else 1
+    base = name.split("/")[0].split(":")[0]
     mean, std = _STATS.get(base, ((0.5,) * c, (0.25,) * c))
-    info = DataInfo(
-        name=data_cfg.name,
-        num_classes=int(feats["label"].num_classes),
-        num_train=len(train),
-        num_eval=len(evals),
-        image_shape=shape,
+    return DataInfo(
+        name=name,
+        num_train=num_train,
+        num_eval=num_eval,
+        features=feats,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+        metadata=json.loads(json.dumps(dict(builder.info.metadata or {}), default=str)),
     )
-    return train, evals, info
 
 
-def check_example(example: dict, index: int, info: DataInfo) -> None:
-    """Raises ValueError naming record `index` if its image or label cannot be used."""
-    image, label = example["image"], example["label"]
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
-        got = f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
-        raise ValueError(f"record {index}: image must be uint8 [H, W, C], got {got}")
-    if image.shape[-1] != info.image_shape[-1]:
-        raise ValueError(
-            f"record {index}: image has {image.shape[-1]} channels, dataset declares "
-            f"{info.image_shape[-1]}"
+def _flatten(feature, prefix: str = ""):
+    """Yields (flattened key, FeatureInfo) of a tfds feature tree; a Sequence adds a leading
+    None dim to what it holds."""
+    import tensorflow_datasets as tfds
+
+    if isinstance(feature, tfds.features.FeaturesDict):
+        for key in feature.keys():  # noqa: SIM118 (a tfds FeaturesDict, not a dict)
+            yield from _flatten(feature[key], f"{prefix}{key}/")
+    elif isinstance(feature, tfds.features.Sequence):
+        for key, inner in _flatten(feature.feature, prefix):
+            yield key, dataclasses.replace(inner, shape=(None, *inner.shape))
+    else:
+        names = getattr(feature, "names", None)
+        yield (
+            prefix.rstrip("/"),
+            FeatureInfo(
+                shape=tuple(feature.shape),
+                dtype=np.dtype(feature.np_dtype).name,
+                num_classes=getattr(feature, "num_classes", None),
+                names=tuple(names) if names else None,
+            ),
         )
-    if not 0 <= int(label) < info.num_classes:
-        raise ValueError(f"record {index}: label {int(label)} outside [0, {info.num_classes})")

@@ -4,8 +4,51 @@ Images are float32 [H, W, C] in [0, 1] unless stated; `rng` is a numpy Generator
 grain derives deterministically from the pipeline seed and the element's index.
 """
 
+import dataclasses
+
 import numpy as np
 from PIL import Image
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """The course's per-example augmentations (config group `data.aug`), host side.
+
+    crop_padding: random crop after zero-padding by this many pixels; flip: random
+    left-right mirror; noise_std: Gaussian noise in units of the normalised image;
+    blur_prob / blur_sigma: Gaussian blur; color_jitter: brightness/contrast/saturation
+    strength (0 = off).
+    """
+
+    crop_padding: int = 0
+    flip: bool = False
+    noise_std: float = 0.0
+    blur_prob: float = 0.0
+    blur_sigma: float = 1.0
+    color_jitter: float = 0.0
+
+
+def check_image(image, index: int, channels: int) -> None:
+    """ValueError naming record `index` unless `image` is uint8 [H, W, channels]."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
+        got = f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
+        raise ValueError(f"record {index}: image must be uint8 [H, W, C], got {got}")
+    if image.shape[-1] != channels:
+        raise ValueError(
+            f"record {index}: image has {image.shape[-1]} channels, dataset declares {channels}"
+        )
+
+
+def augment_image(image: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
+    """float32 [H, W, C] in [0, 1] -> the same after random crop, flip, jitter and blur
+    (in that order; `add_noise` comes after normalisation)."""
+    image = random_crop(image, aug.crop_padding, rng)
+    if aug.flip:
+        image = random_flip(image, rng)
+    image = color_jitter(image, aug.color_jitter, rng)
+    if aug.blur_prob > 0 and rng.random() < aug.blur_prob:
+        image = blur(image, aug.blur_sigma)
+    return image
 
 
 def to_float(image: np.ndarray) -> np.ndarray:

@@ -30,28 +30,37 @@ class CheckpointsUnreadable(ConfigError):
 
 class Checkpointer:
     """`tidy=True` (the training process 0 only) lets it rename partial and corrupt steps;
-    readers such as notebooks leave the directory exactly as they found it."""
+    readers such as notebooks (`create=False`, `read`) leave the directory exactly as they
+    found it. Without `best_metric` retention keeps only the latest `keep`."""
 
     def __init__(
-        self, directory, *, keep: int, best_metric: str, best_mode: str = "max", tidy=False
+        self,
+        directory,
+        *,
+        keep: int = 1_000_000,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        tidy=False,
+        create: bool = True,
     ):
         self.directory = Path(directory).absolute()  # Orbax needs absolute paths
         self.tidy = tidy
         if tidy:
             self._set_aside_partial_saves()
-        policy = cm.AnyPreservationPolicy(
-            [
-                cm.LatestN(n=max(1, keep)),
+        policies = [cm.LatestN(n=max(1, keep))]
+        if best_metric is not None:
+            # BestN keeps the n best by get_metric_fn; reverse=True ranks lower as better.
+            policies.append(
                 cm.BestN(
                     get_metric_fn=lambda m: m[best_metric],
                     reverse=best_mode == "min",
                     n=1,
                     keep_checkpoints_without_metrics=False,
-                ),
-            ]
-        )
+                )
+            )
+        policy = cm.AnyPreservationPolicy(policies)
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=True, create=True
+            preservation_policy=policy, enable_async_checkpointing=True, create=create
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "meta")
@@ -128,6 +137,41 @@ class Checkpointer:
         )
         return restored["state"]
 
+    def read(self, step: int | None = None):
+        """For readers (evaluate, notebooks): -> (step, state as saved: a dict of numpy
+        arrays), verified against its checksums. Without `step`, the newest checkpoint that
+        verifies; a bad one is skipped with a warning, never renamed. ConfigError if `step`
+        does not exist or no checkpoint verifies."""
+        steps = self.all_steps() if self.directory.is_dir() else []
+        if not steps:
+            raise ConfigError(f"{self.directory} holds no checkpoint yet")
+        if step is not None and step not in steps:
+            raise ConfigError(f"no checkpoint of step {step} in {self.directory}; steps: {steps}")
+        failures = []
+        for s in [step] if step is not None else reversed(steps):
+            try:
+                return s, self._read_verified(s)
+            except Exception as e:  # noqa: BLE001 - any failure makes this checkpoint unusable
+                failures.append(f"step {s}: {type(e).__name__}: {_first_line(e)}")
+                print(f"warning: checkpoint {s} cannot be used ({failures[-1]})", file=sys.stderr)
+        raise ConfigError(f"no checkpoint in {self.directory} verifies ({'; '.join(failures)})")
+
+    def _read_verified(self, step: int) -> dict:
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(restore_args=_numpy_restore_args(self, step)),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        meta, state = restored["meta"], restored["state"]
+        if not isinstance(meta, dict) or meta.get("step") != step:
+            raise ValueError(f"checkpoint {step}: meta item missing or names another step")
+        bad = _mismatches(meta.get("checksums", {}), checksums(state))
+        if bad:
+            raise ValueError(f"checkpoint {step}: checksum mismatch in {', '.join(bad[:5])}")
+        return state
+
     def reached_preemption(self, step: int) -> bool:
         """Orbax's multi-host preemption sync point (needs jax.distributed)."""
         return jax.process_count() > 1 and self.manager.reached_preemption(step)
@@ -178,6 +222,19 @@ class Checkpointer:
         print(f"warning: checkpoint {path} set aside as {target.name}: {why}", file=sys.stderr)
         if hasattr(self, "manager"):
             self.manager.reload()
+
+
+def _numpy_restore_args(ckpt: Checkpointer, step: int):
+    """Restore every saved array as a host numpy array (whatever devices wrote it)."""
+    from absl import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # Orbax warns that an item has no own metadata file
+    try:
+        tree = ocp.StandardCheckpointer().metadata(ckpt.directory / str(step) / "state")
+    finally:
+        logging.set_verbosity(level)
+    return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree.item_metadata.tree)
 
 
 def checksums(state) -> dict[str, int]:

@@ -1,10 +1,15 @@
 """Starting a run from pretrained weights: config group `init` applied to a fresh train state.
 
 `init.checkpoint` ('' = off) names a local torchvision state dict (.safetensors or .pth),
-converted by name with `cnnjax.convert`. Parameters under `init.exclude` (the classifier,
-by default `fc`) keep their fresh initialisation so the head fits the dataset's classes.
-`init.freeze_backbone` trains only those excluded parameters (a linear probe); every other
-parameter gets a zero update. BatchNorm running statistics still follow the data in train
+converted by name with `cnnjax.convert` as registry model `init.model` ('' = model.name).
+`init.prefix` ('' = the whole model) places the converted weights under that path of the
+model's variables: a composite model's nested backbone (e.g. 'backbone' for a detector whose
+field `backbone` holds a registry model); everything outside the prefix keeps its fresh
+initialisation. Parameters under `init.exclude` (paths of the converted model, by default
+its classifier `fc`) keep theirs too, so a head fits the dataset's classes.
+`init.freeze_backbone` trains only what was not loaded (the excluded parameters and
+everything outside the prefix: a linear probe, or a head on a frozen backbone); loaded
+parameters get a zero update. BatchNorm running statistics still follow the data in train
 mode; a frozen backbone's weights are bitwise unchanged.
 """
 
@@ -29,11 +34,14 @@ def apply_init(config, state):
     if init.source not in SOURCES:
         raise ConfigError(f"init.source '{init.source}' is not one of {list(SOURCES)}")
     exclude = tuple(init.exclude)
-    variables = _pretrained(config.model.name, init.checkpoint, dict(config.model.kwargs))
-    head = convert.head_module(config.model.name)
-    params = _merge(state.params, variables["params"], exclude, "params", head)
-    stats = _merge(state.batch_stats, variables["batch_stats"], exclude, "batch_stats", head)
-    tx = _frozen_backbone(state.tx, params, exclude) if init.freeze_backbone else state.tx
+    prefix = str(init.get("prefix", "")).strip("/")
+    name = init.get("model", "") or config.model.name
+    kwargs = {} if prefix else dict(config.model.kwargs)  # a nested backbone: as converted
+    variables = _pretrained(name, init.checkpoint, kwargs)
+    head = convert.head_module(name)
+    merge = lambda fresh, coll: _merge(fresh, variables[coll], exclude, coll, head, prefix)
+    params, stats = merge(state.params, "params"), merge(state.batch_stats, "batch_stats")
+    tx = _frozen_backbone(state.tx, params, exclude, prefix) if init.freeze_backbone else state.tx
     sharding = jax.tree.leaves(state.params)[0].sharding
     opt_state = jax.jit(tx.init, out_shardings=sharding)(params)
     state = state.replace(params=params, batch_stats=stats, tx=tx, opt_state=opt_state)
@@ -56,26 +64,42 @@ def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
     return any(path == e or path.startswith(e + "/") for e in exclude)
 
 
-def _merge(fresh, loaded, exclude, collection: str, head: str):
-    """Pretrained values by name into `fresh` (same tree, dtypes and shardings)."""
+def _under(path: str, prefix: str) -> str | None:
+    """`path` relative to `prefix` ('' = everything), or None if it lies outside."""
+    if not prefix:
+        return path
+    return path[len(prefix) + 1 :] if path.startswith(prefix + "/") else None
+
+
+def _merge(fresh, loaded, exclude, collection: str, head: str, prefix: str = ""):
+    """Pretrained values by name into `fresh` (same tree, dtypes and shardings); `loaded`
+    paths are relative to `prefix` in `fresh`."""
     fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
     loaded_flat = traverse_util.flatten_dict(loaded, sep="/")
-    out, problems = {}, []
-    for path, old in fresh_flat.items():
-        if _excluded(path, exclude):
-            out[path] = old
+    out, problems, inside = {}, [], set()
+    for full, old in fresh_flat.items():
+        path = _under(full, prefix)
+        if path is not None:
+            inside.add(path)
+        if path is None or _excluded(path, exclude):
+            out[full] = old
         elif path not in loaded_flat:
             problems.append(f"{collection}/{path}: not in the checkpoint")
         else:
             new = _fit(np.asarray(loaded_flat[path]), old.shape, path)
             if new.shape != old.shape:
                 problems.append(
-                    f"{collection}/{path}: model has {old.shape}, checkpoint has {new.shape}"
+                    f"{collection}/{full}: model has {old.shape}, checkpoint has {new.shape}"
                 )
                 continue
             new = new.astype(old.dtype)
-            out[path] = jax.make_array_from_callback(old.shape, old.sharding, lambda i, a=new: a[i])
-    extra = [p for p in loaded_flat if p not in fresh_flat and not _excluded(p, exclude)]
+            out[full] = jax.make_array_from_callback(old.shape, old.sharding, lambda i, a=new: a[i])
+    if prefix and not inside and fresh_flat:
+        raise ConfigError(
+            f"init.prefix '{prefix}' matches no {collection} of the model; top-level modules: "
+            f"{sorted({p.split('/')[0] for p in fresh_flat})}"
+        )
+    extra = [p for p in loaded_flat if p not in inside and not _excluded(p, exclude)]
     problems += [f"{collection}/{p}: in the checkpoint but not in the model" for p in extra]
     if problems:
         shown = "\n  ".join(problems[:_SHOWN])
@@ -98,14 +122,16 @@ def _fit(kernel: np.ndarray, want: tuple, path: str) -> np.ndarray:
     return kernel
 
 
-def _frozen_backbone(tx, params, exclude):
-    """Only parameters under `exclude` are trained; the rest get zero updates."""
-    if not exclude:
+def _frozen_backbone(tx, params, exclude, prefix: str = ""):
+    """Only what was not loaded (under `exclude`, or outside `prefix`) is trained; the
+    loaded parameters get zero updates."""
+    if not exclude and not prefix:
         raise ConfigError(
             "init.freeze_backbone needs init.exclude to name the trainable head, e.g. ('fc',)"
         )
     flat = traverse_util.flatten_dict(params, sep="/")
-    labels = {p: "head" if _excluded(p, exclude) else "frozen" for p in flat}
+    loaded = lambda p: _under(p, prefix) is not None and not _excluded(_under(p, prefix), exclude)
+    labels = {p: "frozen" if loaded(p) else "head" for p in flat}
     if "head" not in labels.values():
         raise ConfigError(f"init.exclude {list(exclude)} matches no parameter of the model")
     labels = traverse_util.unflatten_dict(labels, sep="/")

@@ -25,14 +25,14 @@ class MetricWriter:
     def write(self, step: int, split: str, metrics: dict) -> None:
         if not self.enabled:
             return
-        clean = {k: float(v) if not isinstance(v, int) else v for k, v in metrics.items()}
+        clean = {k: _plain(v) for k, v in metrics.items()}
         row = {"step": int(step), "split": split, **clean}
         self._jsonl.write(json.dumps(row, allow_nan=True) + "\n")
         self._jsonl.flush()
-        values = [
+        values = [  # scalars only; lists (e.g. per-class values) live in metrics.jsonl
             summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=v)
             for k, v in clean.items()
-            if not isinstance(v, bool) and not math.isnan(v)
+            if isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
         ]
         event = event_pb2.Event(
             wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
@@ -44,6 +44,15 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def _plain(v):
+    """A metric value as JSON: ints stay ints, arrays and sequences become lists of floats."""
+    if isinstance(v, bool | int | str):
+        return v
+    if isinstance(v, list | tuple) or getattr(v, "ndim", 0) > 0:
+        return [_plain(x) for x in list(v)]
+    return float(v)
 
 
 def read_metrics(workdir) -> list[dict]:

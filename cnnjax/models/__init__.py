@@ -13,6 +13,7 @@ from collections.abc import Callable
 from cnnjax.errors import ConfigError, unknown_name
 from cnnjax.models import (
     alexnet,
+    autoencoder,
     densenet,
     efficientnet,
     googlenet,
@@ -41,6 +42,7 @@ _REGISTRY: dict[str, Callable] = {
     **mobilenet.MODELS,
     **efficientnet.MODELS,
     **shufflenet.MODELS,
+    **autoencoder.MODELS,
 }
 
 

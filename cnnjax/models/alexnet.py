@@ -7,9 +7,16 @@ so a torchvision Linear weight converts with a plain transpose. `lrn=True` adds 
 local response normalisation (k=2, n=5, alpha=1e-4, beta=0.75) after the first two ReLUs; it has
 no parameters and shifts no names.
 
-Features (the last activation before each max-pool; shapes at 224 px): 'stage1' [B, 55, 55, 64],
-'stage2' [B, 27, 27, 192], 'stage3' [B, 13, 13, 256]; 'pre_logits' [B, classifier_width=4096],
-the input of `classifier_6`. Inputs need at least 63x63 px (as in torchvision).
+`num_classes=0` drops the whole classifier (`classifier_1/4/6`): the backbone is torchvision's
+`features`, ending with the third max-pool, and 'pre_logits' is that map's global average
+[B, 256].
+
+Features (shapes at 224 px; unpadded pools make each map a little smaller than H / stride):
+'stage1' = 'stride4' [B, 55, 55, 64], 'stage2' = 'stride8' [B, 27, 27, 192], 'stage3' =
+'stride16' [B, 13, 13, 256] (the last activation before each max-pool), 'stride32'
+[B, 6, 6, 256] (after the last max-pool, the end of `features`); 'pre_logits' [B,
+classifier_width=4096], the input of `classifier_6` (headless: [B, 256]). Inputs need at least
+63x63 px (as in torchvision).
 """
 
 import functools
@@ -19,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models.layers import require_min_size
+from cnnjax.models.layers import has_classifier, require_min_size
 from cnnjax.ops.pooling import adaptive_avg_pool
 
 ModuleDef = Any
@@ -59,14 +66,18 @@ class AlexNet(nn.Module):
         x = x.astype(self.dtype)
         feats = {}
         x = conv(64, (11, 11), (4, 4), padding=((2, 2), (2, 2)), name="features_0")(x)
-        feats["stage1"] = x = norm(self.act(x))
+        feats["stage1"] = feats["stride4"] = x = norm(self.act(x))
         x = conv(192, (5, 5), padding=((2, 2), (2, 2)), name="features_3")(pool(x))
-        feats["stage2"] = x = norm(self.act(x))
+        feats["stage2"] = feats["stride8"] = x = norm(self.act(x))
         x = pool(x)
         for i, width in ((6, 384), (8, 256), (10, 256)):
             x = self.act(conv(width, (3, 3), padding=((1, 1), (1, 1)), name=f"features_{i}")(x))
-        feats["stage3"] = x
-        x = adaptive_avg_pool(pool(x), 6)
+        feats["stage3"] = feats["stride16"] = x
+        feats["stride32"] = x = pool(x)
+        if not has_classifier(self.num_classes):
+            feats["pre_logits"] = x = jnp.mean(x, axis=(1, 2))
+            return x, feats
+        x = adaptive_avg_pool(x, 6)
         x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # C, H, W order, as PyTorch flattens
         dense = functools.partial(nn.Dense, dtype=self.dtype)
         for i in (1, 4):

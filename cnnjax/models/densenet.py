@@ -11,9 +11,12 @@ So `features.denseblock1.denselayer1.conv1` -> `features_denseblock1/denselayer1
 `features.transition1.norm` -> `features_transition1/norm`, `features.norm5` ->
 `features_norm5`, `classifier` -> `classifier`.
 
-Features: 'stem' (after pool0, stride 4, 64 ch), 'stage1'...'stage3' (dense block outputs
-before each transition, strides 4, 8, 16), 'stage4' (relu(norm5(block4)), stride 32; at 224 px
-[B, 7, 7, 1024] for DenseNet-121) and 'pre_logits' [B, C].
+`num_classes=0` builds the backbone without `classifier` (outputs: 'pre_logits').
+
+Features: 'stride2' (relu(norm0(conv0)), before pool0), 'stem' (after pool0, stride 4, 64 ch),
+'stage1'...'stage3' = 'stride4'...'stride16' (dense block outputs before each transition, as
+timm's features_only), 'stage4' = 'stride32' (relu(norm5(block4)); at 224 px [B, 7, 7, 1024]
+for DenseNet-121) and 'pre_logits' [B, C].
 """
 
 import functools
@@ -23,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models.layers import require_min_size
+from cnnjax.models.layers import has_classifier, require_min_size
 
 ModuleDef = Any
 
@@ -121,18 +124,20 @@ class DenseNet(nn.Module):
         x = conv(
             self.num_init_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="features_conv0"
         )(x.astype(self.dtype))
-        x = self.act(norm(name="features_norm0")(x))
+        feats["stride2"] = x = self.act(norm(name="features_norm0")(x))
         feats["stem"] = x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         last = len(self.block_config)
         for i, n in enumerate(self.block_config, start=1):
             x = DenseBlock(n, layer, name=f"features_denseblock{i}")(x)
             if i == last:
                 x = self.act(norm(name="features_norm5")(x))
-            feats[f"stage{i}"] = x
+            feats[f"stage{i}"] = feats[f"stride{2 ** (i + 1)}"] = x
             if i < last:  # compression 0.5
                 name = f"features_transition{i}"
                 x = Transition(x.shape[-1] // 2, conv, norm, self.act, name=name)(x)
         feats["pre_logits"] = x = jnp.mean(x, axis=(1, 2))
+        if not has_classifier(self.num_classes):
+            return x, feats
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
         return logits.astype(jnp.float32), feats
 

@@ -14,9 +14,12 @@ Names follow torchvision under this project's rule: a numeric index joins its pa
 '_', a named child is a '/' scope (`features.1.0.block.1.fc1` -> `features_1_0/block_1/fc1`,
 `features.0.0` -> `features_0_0`, `classifier.1` -> `classifier_1`).
 
-Features ('stem', 'stage1'...'stage4' by output stride, see layers.feature_name): for B0 at
-224 px 'stem' 112x112x16 (`features_1`), 'stage1' 56x56x24, 'stage2' 28x28x40, 'stage3'
-14x14x112, 'stage4' 7x7x1280 (`features_8`); 'pre_logits' [B, 1280].
+`num_classes=0` builds the backbone without dropout + `classifier_1` (outputs: 'pre_logits').
+
+Features ('stem', 'stage1'...'stage4' by output stride, see layers.feature_name, each also as
+'stride2'...'stride32', the last block at that stride): for B0 at 224 px 'stem' 112x112x16
+(`features_1`), 'stage1' 56x56x24, 'stage2' 28x28x40, 'stage3' 14x14x112, 'stage4' 7x7x1280
+(`features_8`); 'pre_logits' [B, 1280].
 """
 
 import functools
@@ -29,7 +32,13 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
-from cnnjax.models.layers import SqueezeExcite, conv_norm_act, feature_name, make_divisible
+from cnnjax.models.layers import (
+    SqueezeExcite,
+    conv_norm_act,
+    has_classifier,
+    make_divisible,
+    record_map,
+)
 
 ModuleDef = Any
 
@@ -142,12 +151,13 @@ class EfficientNet(nn.Module):
                 x = MBConv(width(cout), t, k, strides, sd, conv, norm, self.act,
                            name=f"features_{s}_{j}")(x, train)  # fmt: skip
                 stride *= strides
-                feats[feature_name(stride)] = x
+                record_map(feats, x, stride)
                 block_id += 1
         x = layer(x, 4 * x.shape[-1], 1, name=f"features_{len(setting) + 1}")
-        feats[feature_name(stride)] = x
-        x = jnp.mean(x, axis=(1, 2))
-        feats["pre_logits"] = x
+        record_map(feats, x, stride)
+        feats["pre_logits"] = x = jnp.mean(x, axis=(1, 2))
+        if not has_classifier(self.num_classes):
+            return x, feats
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         logits = nn.Dense(
             self.num_classes, kernel_init=_classifier_init, dtype=self.dtype, name="classifier_1"

@@ -12,9 +12,12 @@ parameters from init on but run only with train=True, where their logits come ba
 features dict as 'aux_logits' = (aux1, aux2), each [B, num_classes] float32; the
 classification task adds their losses with weight 0.3 (the paper's) to the main loss.
 
-Features: 'stem' (after maxpool1, stride 4, 64 ch), 'stage1' (conv3, stride 4, 192),
-'stage2' (inception3b, stride 8, 480), 'stage3' (inception4e, stride 16, 832), 'stage4'
-(inception5b, stride 32, 1024) and 'pre_logits' [B, 1024].
+`num_classes=0` builds the backbone without `fc` (and without aux heads, which need classes):
+the outputs are 'pre_logits'.
+
+Features: 'stride2' (conv1, 64 ch), 'stem' (after maxpool1, stride 4, 64 ch), 'stage1' =
+'stride4' (conv3, 192), 'stage2' = 'stride8' (inception3b, 480), 'stage3' = 'stride16'
+(inception4e, 832), 'stage4' = 'stride32' (inception5b, 1024) and 'pre_logits' [B, 1024].
 """
 
 import functools
@@ -24,7 +27,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models.layers import require_min_size
+from cnnjax.errors import ConfigError
+from cnnjax.models.layers import has_classifier, require_min_size
 from cnnjax.ops.pooling import adaptive_avg_pool, max_pool
 
 ModuleDef = Any
@@ -114,6 +118,8 @@ class GoogLeNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         require_min_size(x, MIN_SIZE, "GoogLeNet")
+        if self.aux_logits and not has_classifier(self.num_classes):
+            raise ConfigError("GoogLeNet aux_logits=True needs num_classes > 0")
         conv = functools.partial(self.conv, use_bias=False, kernel_init=_init, dtype=self.dtype)
         norm = functools.partial(
             self.norm, use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype
@@ -126,21 +132,23 @@ class GoogLeNet(nn.Module):
             InceptionAux, self.num_classes, block, self.act, self.aux_dropout_rate, self.dtype
         )
         feats = {}
-        x = block(64, 7, strides=2, name="conv1")(x.astype(self.dtype))
+        feats["stride2"] = x = block(64, 7, strides=2, name="conv1")(x.astype(self.dtype))
         feats["stem"] = x = max_pool(x, 3, 2, ceil_mode=True)
         x = block(64, 1, name="conv2")(x)
-        feats["stage1"] = x = block(192, 3, name="conv3")(x)
+        feats["stage1"] = feats["stride4"] = x = block(192, 3, name="conv3")(x)
         x = inception("3a")(max_pool(x, 3, 2, ceil_mode=True))
-        feats["stage2"] = x = inception("3b")(x)
+        feats["stage2"] = feats["stride8"] = x = inception("3b")(x)
         x = inception("4a")(max_pool(x, 3, 2, ceil_mode=True))
         aux_out = [aux(name="aux1")(x, train)] if run_aux else []
         x = inception("4d")(inception("4c")(inception("4b")(x)))
         if run_aux:
             aux_out.append(aux(name="aux2")(x, train))
-        feats["stage3"] = x = inception("4e")(x)
+        feats["stage3"] = feats["stride16"] = x = inception("4e")(x)
         x = inception("5a")(max_pool(x, 2, 2, ceil_mode=True))
-        feats["stage4"] = x = inception("5b")(x)
+        feats["stage4"] = feats["stride32"] = x = inception("5b")(x)
         feats["pre_logits"] = x = jnp.mean(x, axis=(1, 2))
+        if not has_classifier(self.num_classes):
+            return x, feats
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_init, name="fc")(x)
         if train and aux_out:

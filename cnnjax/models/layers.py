@@ -1,8 +1,14 @@
 """Building blocks shared by several model families: squeeze-excitation, torchvision's
-Conv2dNormActivation, channel rounding, and the stride -> feature-name rule.
+Conv2dNormActivation, channel rounding, the headless-backbone rule and feature maps by stride.
+
+Every backbone records, besides its family's names (`stem`, `stage1`..., `pre_logits`), each
+map a head may want under `stride{s}`: the *last* map at output stride s (the one just before
+the next downsampling, as timm's `features_only` and detectron2's res2..res5), for every
+power-of-two stride the network produces. A head asks for them with `features_at`.
 """
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -94,3 +100,51 @@ def require_min_size(x, size: int, what: str) -> None:
         raise ConfigError(
             f"{what} needs images of at least {size}x{size} px, got {x.shape[1]}x{x.shape[2]}"
         )
+
+
+def has_classifier(num_classes: int) -> bool:
+    """False for num_classes == 0: the model is a headless backbone (timm's convention).
+
+    A headless model builds no classification layer and returns `features['pre_logits']` as
+    its outputs; negative counts are a ConfigError.
+    """
+    if num_classes < 0:
+        raise ConfigError(f"num_classes must be >= 0 (0: a headless backbone), got {num_classes}")
+    return num_classes > 0
+
+
+def record_map(feats: dict, x, stride: int) -> None:
+    """Stores x under `feature_name(stride)` and `stride{stride}`; a later map at the same
+    stride replaces it, so each entry ends up holding the last map at its stride."""
+    feats[feature_name(stride)] = feats[f"stride{stride}"] = x
+
+
+_STRIDE_KEY = re.compile(r"stride(\d+)")
+
+
+def maps_by_stride(features: dict) -> dict[int, Any]:
+    """{s: features['stride{s}']} for every stride map a backbone returned, ascending.
+
+    Each value is [B, H', W', C] with H' = ceil(H / s) for 'same'-padded networks (a few
+    pixels less where a family uses unpadded convolutions: AlexNet, SqueezeNet, Xception,
+    LeNet).
+    """
+    found = {int(m[1]): v for k, v in features.items() if (m := _STRIDE_KEY.fullmatch(k))}
+    return dict(sorted(found.items()))
+
+
+def features_at(features: dict, strides: Sequence[int]) -> tuple:
+    """The backbone maps at `strides` (e.g. (8, 16, 32)), in that order.
+
+    features: a backbone's features dict. -> tuple of [B, H/s, W/s, C_s] arrays. ConfigError
+    listing the available strides when one is missing (e.g. stride 32 of a ResNet built with
+    output_stride=16).
+    """
+    maps = maps_by_stride(features)
+    missing = [s for s in strides if s not in maps]
+    if missing:
+        raise ConfigError(
+            f"the backbone has no feature map at stride(s) {missing}; available strides: "
+            f"{sorted(maps)} (features {sorted(features)})"
+        )
+    return tuple(maps[s] for s in strides)

@@ -6,8 +6,12 @@ table is replaced by a full one, as everyone does). Inputs under 32 px (28x28 MN
 zero-padded inside conv1 up to the paper's 32x32 framing, so every later shape is unchanged.
 Not in torchvision; parameter names are `conv1`, `conv2`, `fc1`, `fc2`, `fc3`.
 
-Features: 'stage1' = act(conv1) [B, 28, 28, 6] at 32 px, 'stage2' = act(conv2) [B, 10, 10, 16]
-(each the last activation before a pool), 'pre_logits' = act(fc2) [B, 84].
+`num_classes=0` builds it without `fc3` (outputs: 'pre_logits').
+
+Features (shapes at 32 px; unpadded 5x5 convs make each map smaller than H / stride):
+'stage1' = 'stride1' = act(conv1) [B, 28, 28, 6], 'stage2' = 'stride2' = act(conv2)
+[B, 10, 10, 16] (each the last activation before a pool), 'stride4' [B, 5, 5, 16] (the second
+pool, flattened into fc1), 'pre_logits' = act(fc2) [B, 84].
 """
 
 import functools
@@ -18,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
+from cnnjax.models.layers import has_classifier
 
 POOLS = ("avg", "max")
 
@@ -55,13 +60,16 @@ class LeNet5(nn.Module):
         conv = functools.partial(nn.Conv, kernel_size=(5, 5), padding="VALID", dtype=self.dtype)
         dense = functools.partial(nn.Dense, dtype=self.dtype)
         x = jnp.pad(x.astype(self.dtype), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-        feats = {"stage1": self.act(conv(6, name="conv1")(x))}
-        x = pool(feats["stage1"], (2, 2), (2, 2))
-        feats["stage2"] = self.act(conv(16, name="conv2")(x))
-        x = pool(feats["stage2"], (2, 2), (2, 2))
+        feats = {}
+        feats["stage1"] = feats["stride1"] = x = self.act(conv(6, name="conv1")(x))
+        x = self.act(conv(16, name="conv2")(pool(x, (2, 2), (2, 2))))
+        feats["stage2"] = feats["stride2"] = x
+        feats["stride4"] = x = pool(x, (2, 2), (2, 2))
         x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # C, H, W order, as PyTorch flattens
         x = self.act(dense(120, name="fc1")(x))
         feats["pre_logits"] = x = self.act(dense(84, name="fc2")(x))
+        if not has_classifier(self.num_classes):
+            return x, feats
         logits = dense(self.num_classes, name="fc3")(x)
         return logits.astype(jnp.float32), feats
 

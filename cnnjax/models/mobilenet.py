@@ -12,10 +12,13 @@ convs, N(0, 0.01) classifier) and its names under this project's rule: a numeric
 its parent with '_', a named child is a '/' scope (`features.2.conv.1.0` ->
 `features_2/conv_1_0`, `classifier.1` -> `classifier_1`). BN eps 1e-5.
 
-Features ('stem', 'stage1'...'stage4' by output stride, see layers.feature_name): at 224 px
-'stem' 112x112 (v1: `conv_pw_1`, 64 ch; v2: `features_1`, 16 ch), 'stage1' 56x56, 'stage2'
-28x28, 'stage3' 14x14, 'stage4' 7x7x1024 (v1) / 7x7x1280 (v2: `features_18`); 'pre_logits'
-[B, 1024] / [B, 1280].
+`num_classes=0` builds either without its classifier (v1: dropout + `conv_preds`, v2: dropout +
+`classifier_1`); the outputs are then 'pre_logits'.
+
+Features ('stem', 'stage1'...'stage4' by output stride, see layers.feature_name, each also as
+'stride2'...'stride32', the last block at that stride): at 224 px 'stem' 112x112 (v1:
+`conv_pw_1`, 64 ch; v2: `features_1`, 16 ch), 'stage1' 56x56, 'stage2' 28x28, 'stage3' 14x14,
+'stage4' 7x7x1024 (v1) / 7x7x1280 (v2: `features_18`); 'pre_logits' [B, 1024] / [B, 1280].
 """
 
 import functools
@@ -26,7 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
-from cnnjax.models.layers import conv_norm_act, feature_name, make_divisible
+from cnnjax.models.layers import conv_norm_act, has_classifier, make_divisible, record_map
 
 ModuleDef = Any
 
@@ -78,9 +81,11 @@ class MobileNetV1(nn.Module):
             x = conv(int(width * self.alpha), (1, 1), name=f"conv_pw_{i}")(x)
             x = self.act(norm(name=f"conv_pw_{i}_bn")(x))
             stride *= s
-            feats[feature_name(stride)] = x
+            record_map(feats, x, stride)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
         feats["pre_logits"] = x[:, 0, 0, :]
+        if not has_classifier(self.num_classes):
+            return feats["pre_logits"], feats
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="conv_preds")(x)
         return logits[:, 0, 0, :].astype(jnp.float32), feats
@@ -147,13 +152,14 @@ class MobileNetV2(nn.Module):
                     name=f"features_{index}",
                 )(x)
                 stride *= s if j == 0 else 1
-                feats[feature_name(stride)] = x
+                record_map(feats, x, stride)
                 index += 1
         last = make_divisible(1280 * max(1.0, self.width_mult))
         x = layer(x, last, 1, name=f"features_{index}")
-        feats[feature_name(stride)] = x
-        x = jnp.mean(x, axis=(1, 2))
-        feats["pre_logits"] = x
+        record_map(feats, x, stride)
+        feats["pre_logits"] = x = jnp.mean(x, axis=(1, 2))
+        if not has_classifier(self.num_classes):
+            return x, feats
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         logits = nn.Dense(
             self.num_classes,

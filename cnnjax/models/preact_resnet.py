@@ -8,8 +8,14 @@ ImageNet layout as in the paper's appendix and fb.resnet.torch's preresnet.lua: 
 global pooling. Not in torchvision; names follow this project's ResNet (`conv1`, `bn1`,
 `layerX_Y/{bn1, conv1, bn2, conv2, [bn3, conv3], downsample}`, `final_bn`, `fc`).
 
-Features: 'stem' [B, H/4, W/4, 64], 'stage1'...'stage4' (the last after `final_bn` + ReLU,
-the map that is pooled), 'pre_logits' [B, 512 * expansion].
+`num_classes=0` builds the backbone without `fc` (outputs: 'pre_logits'); `output_stride` 16
+or 8 dilates the last stage(s) exactly as ResNet's (resnet_stages.py): the 3x3 of a
+bottleneck, both 3x3s of a basic unit.
+
+Features (stage loop and stem shared with ResNet): 'stride2' [B, H/2, W/2, 64] (conv1 +
+BN-ReLU), 'stem' [B, H/4, W/4, 64], 'stage1'...'stage4' = 'stride4'...'stride32' (the last
+after `final_bn` + ReLU, the map that is pooled; at output_stride 8 or 16 it is 'stride8' /
+'stride16'), 'pre_logits' [B, 512 * expansion].
 """
 
 import functools
@@ -19,12 +25,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnnjax.models.resnet_stages import conv3x3, conv_and_norm, head, stages, stem
+
 ModuleDef = Any
-
-
-def _pad(k: int):
-    p = (k - 1) // 2
-    return ((p, p), (p, p))
 
 
 def _preact_and_shortcut(block, x, out_features: int):
@@ -45,15 +48,15 @@ class PreActBasicBlock(nn.Module):
     norm: ModuleDef
     act: Callable
     preact: bool = True
+    dilation: int = 1
     expansion = 1
 
     @nn.compact
     def __call__(self, x):
         y, shortcut = _preact_and_shortcut(self, x, self.features)
-        s = (self.strides, self.strides)
-        y = self.conv(self.features, (3, 3), s, padding=_pad(3), name="conv1")(y)
+        y = conv3x3(self.conv, self.features, self.strides, self.dilation, "conv1")(y)
         y = self.act(self.norm(name="bn2")(y))
-        y = self.conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
+        y = conv3x3(self.conv, self.features, 1, self.dilation, "conv2")(y)
         return y + shortcut
 
 
@@ -66,6 +69,7 @@ class PreActBottleneck(nn.Module):
     norm: ModuleDef
     act: Callable
     preact: bool = True
+    dilation: int = 1
     expansion = 4
 
     @nn.compact
@@ -73,8 +77,7 @@ class PreActBottleneck(nn.Module):
         y, shortcut = _preact_and_shortcut(self, x, self.features * 4)
         y = self.conv(self.features, (1, 1), name="conv1")(y)
         y = self.act(self.norm(name="bn2")(y))
-        s = (self.strides, self.strides)
-        y = self.conv(self.features, (3, 3), s, padding=_pad(3), name="conv2")(y)
+        y = conv3x3(self.conv, self.features, self.strides, self.dilation, "conv2")(y)
         y = self.act(self.norm(name="bn3")(y))
         y = self.conv(self.features * 4, (1, 1), name="conv3")(y)
         return y + shortcut
@@ -87,6 +90,7 @@ class PreActResNet(nn.Module):
     stage_sizes: Sequence[int]
     block: ModuleDef = PreActBasicBlock
     width: int = 64
+    output_stride: int = 32  # 8 or 16: dilate the last stage(s) instead of striding
     act: Callable = nn.relu
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = nn.BatchNorm
@@ -94,33 +98,23 @@ class PreActResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
-        norm = functools.partial(
-            self.norm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
-        )
+        conv, norm = conv_and_norm(self, train)
         feats = {}
-        x = conv(self.width, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x.astype(self.dtype))
-        x = self.act(norm(name="bn1")(x))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
-        feats["stem"] = x
-        for i, n in enumerate(self.stage_sizes):
-            for j in range(n):
-                x = self.block(
-                    features=self.width * 2**i,
-                    strides=2 if i > 0 and j == 0 else 1,
-                    conv=conv,
-                    norm=norm,
-                    act=self.act,
-                    preact=(i, j) != (0, 0),  # the stem's BN-ReLU pre-activates the first unit
-                    name=f"layer{i + 1}_{j}",
-                )(x)
-            feats[f"stage{i + 1}"] = x
+        x = stem(x.astype(self.dtype), feats, conv=conv, norm=norm, act=self.act, width=self.width)
+        block = functools.partial(self.block, conv=conv, norm=norm, act=self.act)
+        # The stem's BN-ReLU pre-activates the first unit.
+        make_block = lambda i, j: functools.partial(block, preact=(i, j) != (0, 0))
+        x, stride = stages(
+            x,
+            feats,
+            make_block,
+            self.stage_sizes,
+            width=self.width,
+            output_stride=self.output_stride,
+        )
         x = self.act(norm(name="final_bn")(x))
-        feats[f"stage{len(self.stage_sizes)}"] = x
-        x = jnp.mean(x, axis=(1, 2))
-        feats["pre_logits"] = x
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
-        return logits.astype(jnp.float32), feats
+        feats[f"stage{len(self.stage_sizes)}"] = feats[f"stride{stride}"] = x
+        return head(self, x, feats)
 
 
 _DEPTHS = {

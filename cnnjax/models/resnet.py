@@ -6,6 +6,18 @@ the paper's "plain" network of the same depth. `se_ratio > 0` adds a squeeze-exc
 `se` (Hu et al. 2018, named as timm's `layerX_Y.se.fc1/fc2`) on each block's residual branch
 after its last BN: `se_resnet50` is SENet's SE-ResNet-50 (ratio 1/16), with the stride on the
 3x3 as torchvision/timm rather than on the first 1x1 as in the original Caffe models.
+
+`num_classes=0` builds the backbone without `fc`: the outputs are then 'pre_logits'.
+`output_stride` 16 or 8 trades the strides of the last stage(s) for dilation, as torchvision's
+`replace_stride_with_dilation` (DeepLab's dilated ResNet; resnet_stages.py), with the same
+parameters. A Bottleneck dilates its 3x3; a BasicBlock (ResNet-18/34), which torchvision
+refuses to dilate, dilates both of its 3x3 convolutions.
+
+Features (at output_stride 32; shapes at 224 px for ResNet-50): 'stride2' [B, 112, 112, 64]
+(after conv1/bn1/ReLU), 'stem' [B, 56, 56, 64] (after the max-pool), 'stage1'...'stage4' =
+'stride4'...'stride32' (the stage outputs: 56x56x256, 28x28x512, 14x14x1024, 7x7x2048) and
+'pre_logits' [B, 2048]. At output_stride 8 'stage3' and 'stage4' stay at 28x28 and 'stride8'
+is 'stage4' (no 'stride16'/'stride32'); at 16, 'stride16' is 'stage4'.
 """
 
 import functools
@@ -16,17 +28,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax.models.layers import SqueezeExcite
+from cnnjax.models.resnet_stages import conv3x3, conv_and_norm, head, stages, stem
 
 ModuleDef = Any
 
 
-def _pad(k: int, dilation: int = 1):
-    p = dilation * (k - 1) // 2
-    return ((p, p), (p, p))
-
-
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions; output channels = `features`."""
+    """Two 3x3 convolutions (both dilated by `dilation`); output channels = `features`."""
 
     features: int
     strides: int
@@ -35,19 +43,21 @@ class BasicBlock(nn.Module):
     act: Callable
     shortcut: bool = True
     se_ratio: float = 0.0
+    dilation: int = 1
     expansion = 1
 
     @nn.compact
     def __call__(self, x):
-        y = self.conv(self.features, (3, 3), (self.strides,) * 2, padding=_pad(3), name="conv1")(x)
+        d = self.dilation
+        y = conv3x3(self.conv, self.features, self.strides, d, "conv1")(x)
         y = self.act(self.norm(name="bn1")(y))
-        y = self.conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
+        y = conv3x3(self.conv, self.features, 1, d, "conv2")(y)
         y = _se(self, self.norm(name="bn2")(y))
         return self.act(y + _shortcut(self, x, y) if self.shortcut else y)
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carrying the stride, as in v1.5), 1x1 expand by 4."""
+    """1x1 reduce, 3x3 (carrying the stride and the dilation, as in v1.5), 1x1 expand by 4."""
 
     features: int
     strides: int
@@ -56,12 +66,13 @@ class Bottleneck(nn.Module):
     act: Callable
     shortcut: bool = True
     se_ratio: float = 0.0
+    dilation: int = 1
     expansion = 4
 
     @nn.compact
     def __call__(self, x):
         y = self.act(self.norm(name="bn1")(self.conv(self.features, (1, 1), name="conv1")(x)))
-        y = self.conv(self.features, (3, 3), (self.strides,) * 2, padding=_pad(3), name="conv2")(y)
+        y = conv3x3(self.conv, self.features, self.strides, self.dilation, "conv2")(y)
         y = self.act(self.norm(name="bn2")(y))
         y = self.conv(self.features * 4, (1, 1), name="conv3")(y)
         y = _se(self, self.norm(name="bn3")(y))
@@ -76,7 +87,7 @@ def _se(block, y):
 
 
 def _shortcut(block, x, y):
-    """Identity, or a strided 1x1 projection + BN when the shape changes."""
+    """Identity, or a (strided) 1x1 projection + BN when the shape changes."""
     if x.shape == y.shape:
         return x
     proj = block.conv(y.shape[-1], (1, 1), (block.strides,) * 2, name="downsample_conv")(x)
@@ -92,6 +103,7 @@ class ResNet(nn.Module):
     width: int = 64
     shortcut: bool = True
     se_ratio: float = 0.0
+    output_stride: int = 32  # 8 or 16: dilate the last stage(s) instead of striding
     act: Callable = nn.relu
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = nn.BatchNorm
@@ -99,32 +111,26 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
-        norm = functools.partial(
-            self.norm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
-        )
+        conv, norm = conv_and_norm(self, train)
         feats = {}
-        x = conv(self.width, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x.astype(self.dtype))
-        x = self.act(norm(name="bn1")(x))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
-        feats["stem"] = x
-        for i, n in enumerate(self.stage_sizes):
-            for j in range(n):
-                x = self.block(
-                    features=self.width * 2**i,
-                    strides=2 if i > 0 and j == 0 else 1,
-                    conv=conv,
-                    norm=norm,
-                    act=self.act,
-                    shortcut=self.shortcut,
-                    se_ratio=self.se_ratio,
-                    name=f"layer{i + 1}_{j}",
-                )(x)
-            feats[f"stage{i + 1}"] = x
-        x = jnp.mean(x, axis=(1, 2))
-        feats["pre_logits"] = x
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
-        return logits.astype(jnp.float32), feats
+        x = stem(x.astype(self.dtype), feats, conv=conv, norm=norm, act=self.act, width=self.width)
+        block = functools.partial(
+            self.block,
+            conv=conv,
+            norm=norm,
+            act=self.act,
+            shortcut=self.shortcut,
+            se_ratio=self.se_ratio,
+        )
+        x, _ = stages(
+            x,
+            feats,
+            lambda i, j: block,
+            self.stage_sizes,
+            width=self.width,
+            output_stride=self.output_stride,
+        )
+        return head(self, x, feats)
 
 
 _DEPTHS = {

@@ -4,7 +4,12 @@ A 3x3 stem with 16 filters, three stages of n basic blocks at 16/32/64 filters o
 32/16/8 pixel maps, global average pooling and a linear head. Shortcut option A is a
 parameter-free identity that subsamples with stride 2 and zero-pads the new channels;
 option B projects with a strided 1x1 convolution + BN when the shape changes.
-`shortcut=None` gives the plain twin (same layers, no shortcuts).
+`shortcut=None` gives the plain twin (same layers, no shortcuts). `num_classes=0` builds the
+backbone without `fc` (outputs: 'pre_logits').
+
+Features (shapes at 32 px, width 16): 'stem' [B, 32, 32, 16] (conv1 + BN + ReLU), 'stage1'
+= 'stride1' [B, 32, 32, 16], 'stage2' = 'stride2' [B, 16, 16, 32], 'stage3' = 'stride4'
+[B, 8, 8, 64] (each stage's output, the last map at its stride), 'pre_logits' [B, 64].
 """
 
 import functools
@@ -13,6 +18,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from cnnjax.models.layers import has_classifier
 
 ModuleDef = Any
 _PAD = ((1, 1), (1, 1))
@@ -87,9 +94,10 @@ class CifarResNet(nn.Module):
                     self.shortcut,
                     name=f"layer{i + 1}_{j}",
                 )(x)
-            feats[f"stage{i + 1}"] = x
-        x = jnp.mean(x, axis=(1, 2))
-        feats["pre_logits"] = x
+            feats[f"stage{i + 1}"] = feats[f"stride{2**i}"] = x
+        feats["pre_logits"] = x = jnp.mean(x, axis=(1, 2))
+        if not has_classifier(self.num_classes):
+            return x, feats
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return logits.astype(jnp.float32), feats
 

@@ -9,10 +9,12 @@ Names follow torchvision under this project's rule: a numeric index joins its pa
 '_', a named child is a '/' scope: `conv1_0`, `conv1_1`, `stage2_0/branch1_0`,
 `stage2_0/branch2_3` (the Sequential index, ReLUs counted), ..., `conv5_0`, `conv5_1`, `fc`.
 
-Features ('stem', 'stage1'...'stage4' by output stride, see layers.feature_name): at 224 px
-'stem' 112x112x24 (`conv1`), 'stage1' 56x56x24 (max-pool), 'stage2' 28x28 and 'stage3' 14x14
-(torchvision's stage2/stage3 outputs), 'stage4' 7x7x1024 (after `conv5`, the map that is
-pooled); 'pre_logits' [B, 1024].
+`num_classes=0` builds the backbone without `fc` (outputs: 'pre_logits').
+
+Features ('stem', 'stage1'...'stage4' by output stride, see layers.feature_name, each also as
+'stride2'...'stride32'): at 224 px 'stem' 112x112x24 (`conv1`), 'stage1' 56x56x24 (max-pool),
+'stage2' 28x28 and 'stage3' 14x14 (torchvision's stage2/stage3 outputs), 'stage4' 7x7x1024
+(after `conv5`, the map that is pooled); 'pre_logits' [B, 1024].
 """
 
 import functools
@@ -23,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
-from cnnjax.models.layers import feature_name
+from cnnjax.models.layers import has_classifier, record_map
 
 ModuleDef = Any
 
@@ -93,21 +95,24 @@ class ShuffleNetV2(nn.Module):
             x.astype(self.dtype)
         )
         x = nn.relu(norm(name="conv1_1")(x))
-        feats = {"stem": x}
+        feats = {}
+        record_map(feats, x, 2)
         x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-        feats["stage1"], stride = x, 4
+        stride = 4
+        record_map(feats, x, stride)
         for i, (n, width) in enumerate(
             zip(self.stages_repeats, self.stages_out_channels[1:4], strict=True)
         ):
             for j in range(n):
                 x = ShuffleUnit(width, 2 if j == 0 else 1, conv, norm, name=f"stage{i + 2}_{j}")(x)
             stride *= 2
-            feats[feature_name(stride)] = x
+            record_map(feats, x, stride)
         x = conv(self.stages_out_channels[-1], (1, 1), name="conv5_0")(x)
         x = nn.relu(norm(name="conv5_1")(x))
-        feats[feature_name(stride)] = x
-        x = jnp.mean(x, axis=(1, 2))
-        feats["pre_logits"] = x
+        record_map(feats, x, stride)
+        feats["pre_logits"] = x = jnp.mean(x, axis=(1, 2))
+        if not has_classifier(self.num_classes):
+            return x, feats
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return logits.astype(jnp.float32), feats
 

@@ -9,9 +9,13 @@ becomes `/`: `features.0` -> `features_0`, `features.3.expand3x3` -> `features_3
 `classifier.1` (the final conv) -> `classifier_1`. Initialisation follows torchvision
 (He-uniform convs, N(0, 0.01) final conv, zero biases).
 
-Features: 'stem' (after the first pool, stride 4), 'stage1' and 'stage2' (the last fire before
-the 2nd and 3rd pools, strides 4 and 8), 'stage3' (last fire, stride 16; at 224 px
-[B, 13, 13, 512]), 'pre_logits' [B, 512] (global mean of 'stage3').
+`num_classes=0` drops the conv classifier (dropout, `classifier_1`): outputs are 'pre_logits'.
+
+Features (unpadded stem and ceil-mode pools make each map a little smaller than H / stride):
+'stride2' (the stem conv's ReLU, before the first pool; 109x109 at 224 px for 1.0), 'stem'
+(after the first pool, stride 4), 'stage1' = 'stride4' and 'stage2' = 'stride8' (the last fire
+before the 2nd and 3rd pools), 'stage3' = 'stride16' (last fire; at 224 px [B, 13, 13, 512]),
+'pre_logits' [B, 512] (global mean of 'stage3').
 """
 
 import functools
@@ -22,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
-from cnnjax.models.layers import require_min_size
+from cnnjax.models.layers import has_classifier, require_min_size
 from cnnjax.ops.pooling import max_pool
 
 ModuleDef = Any
@@ -78,13 +82,13 @@ class SqueezeNet(nn.Module):
         require_min_size(x, MIN_SIZE[self.version], f"SqueezeNet {self.version}")
         width, k, layout = LAYOUTS[self.version]
         conv = functools.partial(self.conv, kernel_init=_conv_init, dtype=self.dtype)
-        x = self.act(
-            conv(width, (k, k), (2, 2), padding="VALID", name="features_0")(x.astype(self.dtype))
-        )
-        x = max_pool(x, 3, 2, ceil_mode=True)
-        feats = {"stem": x}
+        x = conv(width, (k, k), (2, 2), padding="VALID", name="features_0")(x.astype(self.dtype))
+        feats = {"stride2": self.act(x)}
+        feats["stem"] = x = max_pool(feats["stride2"], 3, 2, ceil_mode=True)
         x = self._fires(x, layout, conv, feats)
         feats["pre_logits"] = jnp.mean(x, axis=(1, 2))
+        if not has_classifier(self.num_classes):
+            return feats["pre_logits"], feats
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         final = conv(
             self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), name="classifier_1"
@@ -96,11 +100,11 @@ class SqueezeNet(nn.Module):
         stage = 1
         for index, item in enumerate(layout, start=3):
             if item == M:
-                feats[f"stage{stage}"] = x
+                feats[f"stage{stage}"] = feats[f"stride{2 ** (stage + 1)}"] = x
                 x, stage = max_pool(x, 3, 2, ceil_mode=True), stage + 1
             else:
                 x = Fire(*item, conv, self.act, name=f"features_{index}")(x)
-        feats[f"stage{stage}"] = x
+        feats[f"stage{stage}"] = feats[f"stride{2 ** (stage + 1)}"] = x
         return x
 
 

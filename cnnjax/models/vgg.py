@@ -8,9 +8,15 @@ i is `features_i` and its BatchNorm `features_{i+1}`; the classifier is `classif
 order, so a torchvision Linear weight converts with a plain transpose. Initialisation follows
 torchvision (He-normal fan-out convs, N(0, 0.01) linears, zero biases).
 
-Features: 'stage1'...'stage5' = the last ReLU output before each max-pool (strides 1, 2, 4, 8,
-16; at 224 px 'stage5' is [B, 14, 14, 512]) and 'pre_logits' [B, classifier_width=4096], the
-input of `classifier_6`. Any image of at least 32x32 px works (the 7x7 pool then repeats pixels).
+`num_classes=0` drops the whole classifier (`classifier_0/3/6`, 4096-4096-classes): the
+backbone is torchvision's `features`, ending with pool5, and 'pre_logits' is pool5's global
+average [B, 512].
+
+Features: 'stage1'...'stage5' = 'stride1'...'stride16', the last ReLU output before each
+max-pool (at 224 px 'stage5' is [B, 14, 14, 512]); 'pool1'...'pool5' the max-pool outputs
+(strides 2...32; FCN fuses pool3 and pool4), 'stride32' = 'pool5' [B, 7, 7, 512] at 224 px, the
+end of `features`; 'pre_logits' [B, classifier_width=4096], the input of `classifier_6`
+(headless: [B, 512]). Any image of at least 32x32 px works (the 7x7 pool then repeats pixels).
 """
 
 import functools
@@ -20,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models.layers import require_min_size
+from cnnjax.models.layers import has_classifier, require_min_size
 from cnnjax.ops.pooling import adaptive_avg_pool
 
 ModuleDef = Any
@@ -78,6 +84,9 @@ class VGG(nn.Module):
         require_min_size(x, MIN_SIZE, "VGG")
         feats = {}
         x = self._features(x.astype(self.dtype), train, feats)
+        if not has_classifier(self.num_classes):
+            feats["pre_logits"] = x = jnp.mean(x, axis=(1, 2))
+            return x, feats
         x = adaptive_avg_pool(x, 7)
         x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # C, H, W order, as PyTorch flattens
         dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=_dense_init)
@@ -102,8 +111,8 @@ class VGG(nn.Module):
         index, stage = 0, 1
         for v in self.cfg:
             if v == M:
-                feats[f"stage{stage}"] = x
-                x = nn.max_pool(x, (2, 2), (2, 2))
+                feats[f"stage{stage}"] = feats[f"stride{2 ** (stage - 1)}"] = x
+                feats[f"pool{stage}"] = x = nn.max_pool(x, (2, 2), (2, 2))
                 index, stage = index + 1, stage + 1
                 continue
             x = conv(v, name=f"features_{index}")(x)
@@ -111,6 +120,7 @@ class VGG(nn.Module):
                 x = norm(name=f"features_{index + 1}")(x)
             x = self.act(x)
             index += 3 if self.batch_norm else 2
+        feats[f"stride{2 ** (stage - 1)}"] = x  # pool5: the last map of `features`
         return x
 
 

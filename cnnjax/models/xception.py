@@ -13,9 +13,13 @@ changes shape and its `rep` Sequential indices (ReLUs and the max-pool count, as
 `conv3`, `bn3`, `conv4`, `bn4` (separable); `fc`. A separable conv is `conv1` (depthwise) and
 `pointwise`.
 
-Features ('stem', 'stage1'...'stage4' by output stride, see layers.feature_name): at 299 px
-'stem' [B, 147, 147, 64], 'stage1' 74x74x128, 'stage2' 37x37x256, 'stage3' 19x19x728 (after
-the middle flow), 'stage4' 10x10x2048 (after `conv4`/`bn4`/ReLU); 'pre_logits' [B, 2048].
+`num_classes=0` builds the backbone without `fc` (outputs: 'pre_logits').
+
+Features ('stem', 'stage1'...'stage4' by output stride, see layers.feature_name, each also as
+'stride2'...'stride32'; the unpadded stem makes each map a little smaller than H / stride):
+at 299 px 'stem' [B, 147, 147, 64], 'stage1' 74x74x128, 'stage2' 37x37x256, 'stage3'
+19x19x728 (after the middle flow), 'stage4' 10x10x2048 (after `conv4`/`bn4`/ReLU);
+'pre_logits' [B, 2048].
 """
 
 import functools
@@ -25,7 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models.layers import feature_name, require_min_size
+from cnnjax.models.layers import has_classifier, record_map, require_min_size
 
 ModuleDef = Any
 MIN_SIZE = 32  # the two unpadded stem convs and five /2 reductions need >= 1 px at the end
@@ -107,7 +111,8 @@ class Xception(nn.Module):
         x = self.act(norm(name="bn1")(x))
         x = conv(64, (3, 3), padding="VALID", name="conv2")(x)
         x = self.act(norm(name="bn2")(x))
-        feats, stride = {"stem": x}, 2
+        feats, stride = {}, 2
+        record_map(feats, x, stride)
         block = functools.partial(Block, conv=conv, norm=norm, act=self.act)
         specs = [(128, 2, 2, False, True), (256, 2, 2, True, True), (728, 2, 2, True, True)]
         specs += [(728, 3, 1, True, True)] * self.middle_repeats + [(1024, 2, 2, True, False)]
@@ -115,12 +120,13 @@ class Xception(nn.Module):
             x = block(features, reps, strides, start_with_relu=start_relu, grow_first=grow_first,
                       name=f"block{i + 1}")(x)  # fmt: skip
             stride *= strides
-            feats[feature_name(stride)] = x
+            record_map(feats, x, stride)
         x = self.act(norm(name="bn3")(SeparableConv(1536, conv, name="conv3")(x)))
         x = self.act(norm(name="bn4")(SeparableConv(2048, conv, name="conv4")(x)))
-        feats[feature_name(stride)] = x
-        x = jnp.mean(x, axis=(1, 2))
-        feats["pre_logits"] = x
+        record_map(feats, x, stride)
+        feats["pre_logits"] = x = jnp.mean(x, axis=(1, 2))
+        if not has_classifier(self.num_classes):
+            return x, feats
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return logits.astype(jnp.float32), feats
 

@@ -11,6 +11,7 @@ model, framework (cnnjax | torch_eager | torch_channels_last | grain), mode, bat
 image_size, dtype, img_per_s, step_ms, compile_s, peak_rss_mb, device.
 """
 
+import dataclasses
 import json
 import os
 import resource
@@ -71,37 +72,42 @@ def _time_windows(run_steps, sync, steps: int, windows: int) -> float:
 
 def compiled_step(job: dict):
     """-> (compiled train or eval step, state, synthetic batch on the device, compile seconds)
-    for a bench job (model, batch, image_size, dtype, conv, batch_norm, mode), set up as the
-    trainer sets up its model; SGD with momentum. experiments/profile_step.py uses it too."""
+    for a bench job (model, batch, image_size, dtype, conv, batch_norm, mode; task, default
+    classification), set up as the trainer sets up its model and task; SGD with momentum.
+    The batch is random data shaped by the task's feature spec. experiments/profile_step.py
+    uses it too."""
+    import functools
+
     import jax
-    import jax.numpy as jnp
     import ml_collections
-    import numpy as np
     import optax
 
-    from cnnjax import models
+    from cnnjax import models, tasks
+    from cnnjax.data.features import synthetic_batch
+    from cnnjax.data.sources import DataInfo
+    from cnnjax.engine import step
+    from cnnjax.engine.state import create_state
     from cnnjax.models import rewrite
-    from cnnjax.tasks import classification as task
 
     b, s, k = job["batch"], job["image_size"], _num_classes(job["model"])
+    task = tasks.create(
+        job.get("task", "classification"), DataInfo.synthetic((s, s, 3), k), image_size=s
+    )
     # The trainer's own model set-up: compute dtype, conv and BatchNorm implementations.
     train_cfg = ml_collections.ConfigDict(
         {"compute_dtype": job["dtype"], "conv": job["conv"],
          "batch_norm": job.get("batch_norm", "cnnjax")}
     )  # fmt: skip
-    model = rewrite.apply_to_model(models.create(job["model"], num_classes=k), train_cfg)
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": jnp.asarray(rng.standard_normal((b, s, s, 3), np.float32)),
-        "label": jnp.asarray(rng.integers(0, k, b), jnp.int32),
-        "mask": jnp.ones((b,), jnp.float32),
-    }
+    model = models.create(job["model"], **task.model_kwargs())
+    model = rewrite.apply_to_model(model, train_cfg)
+    batch = jax.device_put(synthetic_batch(task.features(), b, seed=0))
     tx = optax.sgd(0.01, momentum=0.9)
-    state = jax.jit(lambda r: task.create_state(model, tx, r, (s, s, 3)))(jax.random.key(0))
+    init = lambda r: create_state(model, tx, r, task.init_inputs())
+    state = jax.jit(init)(jax.random.key(0))
     if job["mode"] == "train":
-        fn = jax.jit(task.train_step, donate_argnums=0)
+        fn = jax.jit(functools.partial(step.train_step, task=task), donate_argnums=0)
     else:
-        fn = jax.jit(task.eval_step)
+        fn = jax.jit(functools.partial(step.eval_step, task=task))
     t = time.perf_counter()
     compiled = fn.lower(state, batch).compile()
     return compiled, state, batch, time.perf_counter() - t
@@ -175,37 +181,45 @@ def _pipeline(job: dict) -> dict:
     """Batches per second out of the grain train pipeline (augmentation on, 2 threads)."""
     from cnnjax.data import pipeline
 
-    source, info, data_cfg = pipeline_source(job["model"], job["batch"])
-
-    it = iter(pipeline.train_dataset(source, data_cfg, info, seed=0))
+    source, task = pipeline_source(job["model"])
+    ds = pipeline.train_dataset(
+        source, task.train_preprocess, task.features(), batch_size=job["batch"], seed=0
+    )
+    it = iter(ds)
     sec = _time_windows(lambda n: [next(it) for _ in range(n)], lambda: None, job["steps"],
                         job["windows"])  # fmt: skip
     return {"step_ms": sec * 1e3, "compile_s": 0.0, "device": "cpu"}
 
 
-def pipeline_source(name: str, batch: int):
-    """-> (source, DataInfo, data config) for 'digits' (the embedded set) or 'cifar_shaped'
-    (4,096 random 32x32x3 uint8 records, CIFAR-10's crop + flip augmentation)."""
+def pipeline_source(name: str):
+    """-> (source, classification task) for 'digits' (the embedded set, 32 px, crop
+    padding 2) or 'cifar_shaped' (4,096 random 32x32x3 uint8 records, CIFAR-10's crop +
+    flip augmentation)."""
     import numpy as np
 
+    from cnnjax import tasks
     from cnnjax.config import base as configlib
     from cnnjax.data import open_sources
     from cnnjax.data.sources import DataInfo
+    from cnnjax.data.transforms import Augment
 
-    cfg = configlib.base_config()
-    cfg.data.batch_size = batch
     if name == "digits":
-        cfg.data.aug.crop_padding = 2
-        source, _, info = open_sources(cfg.data)
-        return source, info, cfg.data
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (4096, 32, 32, 3), np.uint8)
-    labels = rng.integers(0, 10, 4096)
-    source = [{"image": images[i], "label": labels[i]} for i in range(len(images))]
-    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    info = DataInfo("cifar_shaped", 10, len(source), 0, (32, 32, 3), mean, std)
-    cfg.data.aug.crop_padding, cfg.data.aug.flip = 4, True
-    return source, info, cfg.data
+        source, _, info = open_sources(configlib.base_config().data)
+        aug = Augment(crop_padding=2)
+    else:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (4096, 32, 32, 3), np.uint8)
+        labels = rng.integers(0, 10, 4096)
+        source = [{"image": images[i], "label": labels[i]} for i in range(len(images))]
+        info = dataclasses.replace(
+            DataInfo.synthetic((32, 32, 3), 10),
+            name="cifar_shaped",
+            num_train=len(source),
+            mean=(0.4914, 0.4822, 0.4465),
+            std=(0.2470, 0.2435, 0.2616),
+        )
+        aug = Augment(crop_padding=4, flip=True)
+    return source, tasks.create("classification", info, image_size=32, augment=aug)
 
 
 def run_worker(job: dict) -> dict:

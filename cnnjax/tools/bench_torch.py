@@ -1,4 +1,4 @@
-"""PyTorch twins of the CIFAR ResNets (He et al. 2015, option-A shortcuts) for cnnjax.bench.
+"""PyTorch twins of the CIFAR ResNets (He et al. 2015, option-A shortcuts) for cnnjax.tools.bench.
 
 torchvision has no CIFAR ResNets; this is the same architecture as
 cnnjax/models/resnet_cifar.py (3x3 stem of 16, three stages of n basic blocks, zero-padded
