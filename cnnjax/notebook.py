@@ -33,18 +33,11 @@ class LoadedRun:
 
     def preprocess(self, images) -> dict:
         """uint8 images as stored ([N, H, W, C], one [H, W, C], or for 1-channel data also
-        [N, H, W] / [H, W]) -> the task's preprocessed batch (resized, normalised as in
-        evaluation), without ground truth."""
+        [N, H, W] / [H, W]) -> the model's inputs (`task.input_keys`, e.g. `image` resized
+        and normalised as in evaluation), without ground truth."""
         images = _as_batch(np.asarray(images), self.info.image_shape[-1])
-        spec = self.task.features()
-        out = []
-        for i, im in enumerate(images):
-            record = {"image": im, "index": i}
-            if "label" in spec:  # a placeholder label: predictions ignore it
-                record["label"] = 0
-            ex = self.task.eval_preprocess(record)
-            out.append({k: v for k, v in ex.items() if k in ("image",)})
-        return {k: np.stack([o[k] for o in out]) for k in out[0]}
+        out = [self.task.eval_preprocess({"image": im, "index": i}) for i, im in enumerate(images)]
+        return {k: np.stack([o[k] for o in out]) for k in self.task.input_keys}
 
     @functools.cached_property
     def _predict(self):

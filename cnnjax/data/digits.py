@@ -2,7 +2,7 @@
 
 Written once, as ArrayRecord, by a tensorflow-datasets builder (Tensor features, so no
 TensorFlow is needed) and read back with `tfds.data_source`. The train/test split
-(1,437 / 360, stratified by class) is fixed by a seed and identical on every machine.
+(1,438 / 359, stratified by class) is fixed by a seed and identical on every machine.
 """
 
 import numpy as np
@@ -10,6 +10,15 @@ import tensorflow_datasets as tfds
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits -> (images [1797, 8, 8] uint8 in 0..255, labels [1797] int64)."""
+    from sklearn.datasets import load_digits as sk_load
+
+    digits = sk_load()
+    images = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    return images, digits.target.astype(np.int64)
 
 
 def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -45,11 +54,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download: the data ships with scikit-learn
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-        labels = digits.target.astype(np.int64)
+        images, labels = load_digits()
         return {
             split: self._generate_examples(images[idx], labels[idx], idx)
             for split, idx in split_indices(labels).items()

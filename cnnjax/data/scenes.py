@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cnnjax.data.digits import split_indices
+from cnnjax.data.digits import load_digits, split_indices
 
 SEED = 1797
 CANVAS = 64  # scenes are CANVAS x CANVAS x 1
@@ -27,15 +27,6 @@ _SPLIT_CODES = {"train": 0, "test": 1}
 
 CLASS_NAMES = [str(d) for d in range(10)]
 SEGMENTATION_CLASS_NAMES = ["background", *CLASS_NAMES]
-
-
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits -> (images [1797, 8, 8] uint8 in 0..255, labels [1797] int64)."""
-    from sklearn.datasets import load_digits as sk_load
-
-    digits = sk_load()
-    images = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    return images, digits.target.astype(np.int64)
 
 
 def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

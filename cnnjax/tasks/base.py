@@ -70,6 +70,7 @@ class Task(abc.ABC):
     augment: Augment = Augment()
 
     name: ClassVar[str]
+    input_keys: ClassVar[tuple[str, ...]] = ("image",)  # what `predict` reads of a batch
     METRICS: ClassVar[dict[str, str]]  # eval metric -> 'max' | 'min' (better direction)
     best_metric: ClassVar[str]
     progress_keys: ClassVar[tuple[str, ...]]
@@ -93,7 +94,9 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def preprocess(self, record: dict, rng: np.random.Generator | None) -> dict:
         """A stored record (with `index`) -> an example fitting `features()`. `rng` is given
-        in training (random augmentation) and None in evaluation (deterministic)."""
+        in training (random augmentation) and None in evaluation (deterministic). Without
+        `rng` a record may hold only an image (notebook inputs): ground-truth features then
+        take their pad values."""
 
     def train_preprocess(self, record: dict, rng: np.random.Generator) -> dict:
         return self.preprocess(record, rng)

@@ -95,7 +95,7 @@ class Classification(Task):
         }
 
     def preprocess(self, record: dict, rng) -> dict:
-        index, label = int(record["index"]), int(record["label"])
+        index, label = int(record["index"]), int(record.get("label", 0))
         T.check_image(record["image"], index, self.info.image_shape[-1])
         if not 0 <= label < self.num_classes:
             raise ValueError(f"record {index}: label {label} outside [0, {self.num_classes})")
