@@ -1,5 +1,9 @@
-"""Command line: python -m cnnjax.train --config=configs/NAME.py[:args] --workdir=DIR.
+"""Command line: python -m cnnjax.train --config=configs/NAME.py[:args] --workdir=DIR
+[--config.group.key=value ...].
 
+Overrides are applied by `cnnjax.config.files` (typed like the value they replace; model and
+task options may be added: `--config.model.kwargs.width=32`). Every bad config, argument or
+override exits 2 with one line naming it, before anything is built.
 Multi-host: add --coordinator_address=HOST:PORT --num_processes=N --process_id=I on each
 process, or start it with `srun` (see experiments/slurm_train.sbatch).
 """
@@ -9,7 +13,6 @@ import signal
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from cnnjax.errors import (
     EXIT_BAD_INPUT,
@@ -20,9 +23,7 @@ from cnnjax.errors import (
 )
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py[:args]).", lock_config=True
-)
+flags.DEFINE_string("config", None, "Config file (configs/NAME.py[:args]).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
@@ -30,13 +31,24 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's id in [0, n
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+CONFIG = None  # the loaded config (parse_flags)
+
+
 def parse_flags(argv):
-    """absl parsing, but bad flags or config values exit with code 2 and a clear message."""
+    """absl parsing of the plain flags; the config file with its `--config.*` overrides is
+    loaded here, so that a bad flag, file, argument or override exits 2 with one line."""
+    global CONFIG
+    overrides = [a.removeprefix("--config.") for a in argv[1:] if a.startswith("--config.")]
+    rest = [a for a in argv if not a.startswith("--config.")]
     try:
-        return FLAGS(argv)
-    except (flags.Error, ConfigError, AttributeError, KeyError, TypeError, ValueError) as e:
+        rest = FLAGS(rest)
+        from cnnjax.config import files
+
+        CONFIG = files.load(FLAGS.config, overrides)
+    except (flags.Error, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    return rest
 
 
 def main(argv):
@@ -52,7 +64,7 @@ def main(argv):
         # Before anything touches a device; under SLURM the flags may be left out.
         distributed.maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id)  # fmt: skip
-        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        trainer.train_and_evaluate(CONFIG, FLAGS.workdir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

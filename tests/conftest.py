@@ -37,13 +37,11 @@ def run_cli(module: str, *args: str, timeout: int = 600, env: dict | None = None
     )
 
 
-def load_config(name: str, arg: str | None = None):
-    import importlib.util
+def load_config(name: str, arg: str | None = None, overrides=()):
+    """configs/NAME.py with `arg` and overrides, as the train CLI loads it."""
+    from cnnjax.config import files
 
-    spec = importlib.util.spec_from_file_location(f"cfg_{Path(name).stem}", ROOT / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return files.load(ROOT / name, overrides, arg=arg)
 
 
 def classification_task(num_classes: int = 10, image_size: int = 16, channels: int = 3, **kw):

@@ -46,3 +46,28 @@ def test_smoke_shrinks_and_arguments_combine():
     digits = load_config("configs/resnet20_cifar.py", "digits,smoke")
     assert digits.data.name == "digits" and not digits.data.aug.flip
     assert digits.train.num_steps < 10
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_setting_has_a_stated_domain_and_is_in_it(path):
+    from cnnjax.config import validate
+
+    config = load_config(path)
+    missing = [k for k, _ in validate.leaves(config) if k not in validate.DOMAINS]
+    assert missing == [], f"{path}: settings without a domain in config/validate.py"
+    validate.check_values(config)
+
+
+def test_a_value_outside_its_domain_is_named():
+    from cnnjax.config import validate
+
+    for key, domain in validate.DOMAINS.items():
+        config = load_config("configs/resnet34.py")
+        group, leaf = key.rsplit(".", 1)
+        node = config
+        for part in group.split("."):
+            node = node[part]
+        with node.ignore_type():
+            node[leaf] = domain.outside
+        with pytest.raises(ConfigError, match=f"^{key} must be "):
+            validate.check_values(config)

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from cnnjax import models
-from cnnjax.config.validate import check_speed
+from cnnjax.config.validate import check_speed, check_values
 from cnnjax.engine.state import create_state
 from cnnjax.errors import ConfigError
 from cnnjax.logs.writers import read_metrics
@@ -179,14 +179,17 @@ def test_conv_choice_by_backend_and_bad_values():
     assert conv_for_backend("auto", "gpu") is nn.Conv
     assert conv_for_backend("xla", "cpu") is nn.Conv
     for bad, match in [
-        ({"compute_dtype": "float16"}, "train.compute_dtype 'float16'"),
-        ({"conv": "winograd"}, "train.conv 'winograd'"),
-        ({"ema_decay": 1.0}, r"train.ema_decay must be in \[0, 1\)"),
-        ({"grad_accum_steps": 0}, "train.grad_accum_steps must be a positive integer"),
-        ({"grad_accum_steps": 3}, "divisible by train.grad_accum_steps 3"),
+        ({"compute_dtype": "float16"}, r"train.compute_dtype must be one of \['float32', 'b"),
+        ({"conv": "winograd"}, "train.conv must be one of .* got 'winograd'"),
+        ({"ema_decay": 1.0}, r"train.ema_decay must be a number in \[0, 1\), got 1.0"),
+        ({"grad_accum_steps": 0}, "train.grad_accum_steps must be an integer >= 1, got 0"),
     ]:
+        config = load_config("configs/resnet20_cifar.py", "digits,smoke")
+        config.train.update(bad)
         with pytest.raises(ConfigError, match=match):
-            check_speed(_train_cfg(**bad), global_batch=16, num_devices=1)
+            check_values(config)
+    with pytest.raises(ConfigError, match="divisible by train.grad_accum_steps 3"):
+        check_speed(_train_cfg(grad_accum_steps=3), global_batch=16, num_devices=1)
 
 
 def test_bf16_accum_ema_run_writes_eval_ema_and_a_second_start_compiles_nothing(tmp_path):

@@ -206,7 +206,8 @@ def test_conv_variants_by_hand():
         "dilated": ((8, 8, 16), 2320, 147_456, 15, 2),
         # transposed, counted on its input: 8*8*4*(9*16); 9*16*4 + 4; 15 + floor(2/2)*2, jump 1
         "up": ((16, 16, 4), 580, 36_864, 17, 1),
-        "fc": ((10,), 10_250, 10_240, 17, 1),
+        # the dense layer reads the flattened 16x16 map: all of it, 17 + (16 - 1) * 1
+        "fc": ((10,), 10_250, 10_240, 32, 1),
     }
     grouped = next(la for la in s.layers if la.name == "grouped")
     assert (grouped.groups, grouped.padding) == (4, ((1, 1), (1, 1)))
@@ -305,3 +306,12 @@ def test_course_comparisons():
     assert depthwise[1] == 9 * 256 + 256 * 256
     table = experiment.markdown(rows)
     assert table.count("\n") == len(rows) + 1 and "| 120,422,400 |" in table
+
+
+def test_a_dense_layer_after_a_flatten_sees_the_whole_input():
+    """LeNet-5's fc1-fc3 read the flattened 5x5x16 map: every one of them sees all 32 px
+    (16 px is one position's field; + 4 more positions x jump 4 = 32)."""
+    s = arithmetic.analyze("lenet5", (32, 32, 1), num_classes=10)
+    rf = {la.name: la.receptive_field for la in s.layers}
+    assert rf["avg_pool_1"] == 16
+    assert rf["fc1"] == rf["fc2"] == rf["fc3"] == 32 == s.receptive_field

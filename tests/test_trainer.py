@@ -123,8 +123,11 @@ def test_kill_9_then_same_command_resumes(tmp_path):
         ("--config.model.name=resnet43", "unknown model 'resnet43'. Did you mean 'resnet34'?"),
         ("--config.data.name=cifar11", "unknown dataset 'cifar11'"),
         ("--config.data.batch_sizee=3", "batch_sizee"),
-        ("--config.data.batch_size=0", "data.batch_size must be positive, got 0"),
-        ("--config.optim.learning_rate=-0.1", "optim.learning_rate must be positive, got -0.1"),
+        ("--config.data.batch_size=0", "data.batch_size must be an integer >= 1, got 0"),
+        (
+            "--config.optim.learning_rate=-0.1",
+            "optim.learning_rate must be a number in (0, inf), got -0.1",
+        ),
         ("--config.model.kwargs.shortcut=C", "shortcut must be 'A', 'B' or None"),
         ("--config.data.data_dir=/nonexistent/tfds", "tfds build"),
     ],

@@ -48,6 +48,9 @@ class Field:
     rf: tuple[float, ...]
     jump: tuple[float, ...]
     axes: tuple[int, ...] | None  # where the spatial axes sit in the value; None once lost
+    # Once a reshape flattens the spatial axes: the field of the whole map (what a layer that
+    # mixes every flattened position, e.g. a dense layer, sees); None while axes are known.
+    whole: tuple[float, ...] | None = None
 
     def axis(self, a: int) -> tuple[float, float]:
         if self.axes and a in self.axes:
@@ -166,6 +169,10 @@ def _dot(eqn, ins: list) -> Field:
             axes = tuple(pos[a] for a in field.axes) if set(field.axes) <= set(pos) else ()
         offset += len(free)
     merged = merge(ins, eqn)
+    flat = [f.whole for f in ins if f is not None and f.axes is None and f.whole is not None]
+    if flat:  # a dense layer over flattened positions sees the whole map
+        whole = tuple(max(w[i] for w in flat) for i in range(len(flat[0])))
+        return Field(whole, merged.jump, None, whole)
     return Field(merged.rf, merged.jump, axes or None)
 
 
@@ -200,7 +207,12 @@ def _shape_rule(eqn, ins: list) -> Field:
                 if a not in p["dimensions"]
             },
         )
-    return _moved(field, _reshape_map(in_shape, out_shape))
+    moved = _moved(field, _reshape_map(in_shape, out_shape))
+    if moved.axes is None:  # flattened: remember the field of the whole map
+        whole = tuple(r + (in_shape[a] - 1) * j for r, j, a in
+                      zip(field.rf, field.jump, field.axes, strict=True))  # fmt: skip
+        return Field(field.rf, field.jump, None, whole)
+    return moved
 
 
 def _moved(field: Field, where: dict) -> Field:
@@ -238,6 +250,8 @@ def merge(ins: list, eqn) -> Field:
         max(f.jump[i] if len(f.jump) == n else max(f.jump) for f in fields) for i in range(n)
     )
     rank = len(eqn.outvars[0].aval.shape)
+    wholes = [f.whole for f in fields if f.whole is not None]
+    whole = tuple(max(w[i] for w in wholes) for i in range(len(wholes[0]))) if wholes else None
     axes = next(
         (
             f.axes
@@ -246,7 +260,7 @@ def merge(ins: list, eqn) -> Field:
         ),
         None,
     )
-    return Field(rf, jump, axes)
+    return Field(rf, jump, axes, whole if axes is None else None)
 
 
 def _reducer(eqn) -> str | None:

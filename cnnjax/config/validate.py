@@ -3,6 +3,7 @@
 import jax
 
 from cnnjax.errors import ConfigError
+from cnnjax.models.layers import maps_by_stride
 from cnnjax.models.rewrite import BATCH_NORMS, COMPUTE_DTYPES, CONV_CHOICES
 
 # The allowed values of the config's choice settings (the engine builds from these names).
@@ -12,35 +13,140 @@ DECAY_TARGETS = ("all", "kernels")
 NAN_POLICIES = ("stop", "skip")
 
 
-def _positive(value, name: str, *, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        want = "non-negative" if allow_zero else "positive"
-        raise ConfigError(f"{name} must be {want}, got {value!r}")
+class Domain:
+    """The allowed values of one config setting; `error(value)` -> None or why not.
+    `outside` is a value just outside it (the tests set every setting to one)."""
+
+    def __init__(self, what: str, ok, outside):
+        self.what, self._ok, self.outside = what, ok, outside
+
+    def error(self, value) -> str | None:
+        try:
+            good = self._ok(value)
+        except TypeError:
+            good = False
+        return None if good else f"must be {self.what}, got {value!r}"
+
+
+def _int(lo: int, hi: int | None = None) -> Domain:
+    what = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+    ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= (hi or v)
+    return Domain(what, ok, lo - 1)
+
+
+def _real(lo: float, hi: float | None = None, *, lo_open=False, hi_open=True) -> Domain:
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    what = f"a number in {left}{lo}, {hi if hi is not None else 'inf'}{right}"
+
+    def ok(v):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return False
+        above = v > lo if lo_open else v >= lo
+        below = hi is None or (v < hi if hi_open else v <= hi)
+        return above and below
+
+    return Domain(what, ok, lo if lo_open else lo - 1)
+
+
+def _choice(values) -> Domain:
+    return Domain(f"one of {list(values)}", lambda v: v in values, "not-a-choice")
+
+
+def _strings(v) -> bool:
+    return isinstance(v, tuple | list) and all(isinstance(x, str) for x in v)
+
+
+def _fractions(v) -> bool:
+    ok = isinstance(v, tuple | list) and all(isinstance(x, int | float) and 0 < x < 1 for x in v)
+    return ok and list(v) == sorted(set(v))
+
+
+BOOL = Domain("true or false", lambda v: isinstance(v, bool), "yes")
+TEXT = Domain("a string", lambda v: isinstance(v, str), 3)
+NAMES = Domain("a tuple of strings", _strings, (3,))
+FRACTIONS = Domain("increasing fractions in (0, 1), e.g. (0.5, 0.75)", _fractions, (0.75, 0.5))
+
+# Every setting of the base config and what it may hold. model.kwargs and task.kwargs are
+# checked by the model and the task they configure; names (datasets, models, tasks, eval
+# metrics) by their registries.
+DOMAINS: dict[str, Domain] = {
+    "task.name": TEXT,
+    "data.name": TEXT,
+    "data.data_dir": TEXT,
+    "data.train_split": TEXT,
+    "data.eval_split": TEXT,
+    "data.batch_size": _int(1),
+    "data.eval_batch_size": _int(0),
+    "data.image_size": _int(1),
+    "data.read_threads": _int(1),
+    "data.prefetch": _int(1),
+    "data.max_eval_examples": _int(0),
+    "data.aug.crop_padding": _int(0),
+    "data.aug.flip": BOOL,
+    "data.aug.noise_std": _real(0),
+    "data.aug.blur_prob": _real(0, 1, hi_open=False),
+    "data.aug.blur_sigma": _real(0, lo_open=True),
+    "data.aug.color_jitter": _real(0, 1, hi_open=False),
+    "model.name": TEXT,
+    "optim.name": _choice(OPTIMIZERS),
+    "optim.learning_rate": _real(0, lo_open=True),
+    "optim.momentum": _real(0, 1),
+    "optim.nesterov": BOOL,
+    "optim.weight_decay": _real(0),
+    "optim.weight_decay_on": _choice(DECAY_TARGETS),
+    "optim.schedule": _choice(SCHEDULES),
+    "optim.warmup_steps": _int(0),
+    "optim.boundaries": FRACTIONS,
+    "optim.decay_factor": _real(0, lo_open=True, hi_open=True),
+    "optim.grad_clip_norm": _real(0),
+    "train.num_steps": _int(1),
+    "train.num_epochs": _int(0),
+    "train.seed": _int(0),
+    "train.log_every_steps": _int(1),
+    "train.checkpoint_every_steps": _int(1),
+    "train.keep_checkpoints": _int(1),
+    "train.nan_policy": _choice(NAN_POLICIES),
+    "train.record_log": BOOL,
+    "train.compute_dtype": _choice(tuple(COMPUTE_DTYPES)),
+    "train.conv": _choice(CONV_CHOICES),
+    "train.batch_norm": _choice(tuple(BATCH_NORMS)),
+    "train.grad_accum_steps": _int(1),
+    "train.ema_decay": _real(0, 1),
+    "train.compilation_cache_dir": TEXT,
+    "eval.every_steps": _int(1),
+    "eval.best_metric": TEXT,
+    "eval.num_samples": _int(0),
+    "init.checkpoint": TEXT,
+    "init.source": TEXT,
+    "init.model": TEXT,
+    "init.prefix": TEXT,
+    "init.exclude": NAMES,
+    "init.freeze_backbone": BOOL,
+}
+CHECKED_ELSEWHERE = ("model.kwargs", "task.kwargs")
+
+
+def leaves(config, prefix: str = ""):
+    """(dotted key, value) of every setting, except those under CHECKED_ELSEWHERE."""
+    for key, value in config.items():
+        name = prefix + key
+        if name in CHECKED_ELSEWHERE:
+            continue
+        if hasattr(value, "items"):
+            yield from leaves(value, name + ".")
+        else:
+            yield name, value
 
 
 def check_values(config, num_processes: int = 1, num_devices: int = 1) -> None:
-    d, o, t = config.data, config.optim, config.train
-    _positive(d.batch_size, "data.batch_size")
-    _positive(d.eval_batch_size, "data.eval_batch_size", allow_zero=True)
-    _positive(d.image_size, "data.image_size")
-    _positive(o.learning_rate, "optim.learning_rate")
-    _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)
-    _positive(o.warmup_steps, "optim.warmup_steps", allow_zero=True)
-    _positive(t.num_steps, "train.num_steps")
-    _positive(t.num_epochs, "train.num_epochs", allow_zero=True)
-    _positive(t.log_every_steps, "train.log_every_steps")
-    _positive(t.checkpoint_every_steps, "train.checkpoint_every_steps")
-    _positive(config.eval.every_steps, "eval.every_steps")
-    _positive(config.eval.num_samples, "eval.num_samples", allow_zero=True)
-    for name, value, allowed in [
-        ("optim.name", o.name, OPTIMIZERS),
-        ("optim.schedule", o.schedule, SCHEDULES),
-        ("optim.weight_decay_on", o.weight_decay_on, DECAY_TARGETS),
-        ("train.nan_policy", t.nan_policy, NAN_POLICIES),
-    ]:
-        if value not in allowed:
-            raise ConfigError(f"{name} '{value}' is not one of {list(allowed)}")
+    """ConfigError naming the first setting outside its domain (DOMAINS), or a batch size
+    the devices and processes cannot share."""
+    for key, value in leaves(config):
+        domain = DOMAINS.get(key)
+        why = domain.error(value) if domain is not None else None
+        if why:
+            raise ConfigError(f"{key} {why}")
+    d = config.data
     for name, b in [("data.batch_size", d.batch_size), ("eval batch size", eval_batch(config))]:
         if b % num_devices or b % num_processes:
             raise ConfigError(
@@ -78,30 +184,30 @@ def check_model_input(model, init_inputs: tuple) -> None:
         raise ConfigError(
             f"model '{type(model).__name__}' cannot run on {shape} inputs: {e}"
         ) from e
+    size = specs[0].shape[1]
     for name, f in feats.items():
         if getattr(f, "ndim", 0) == 4 and min(f.shape[1:3]) < 1:
             raise ConfigError(
-                f"data.image_size {specs[0].shape[1]} is too small for this model: feature map "
+                f"data.image_size {size} is too small for this model: feature map "
                 f"'{name}' would be {f.shape[1]}x{f.shape[2]}; use a larger image size"
+            )
+    # A model whose first map is already 1x1 sees no spatial structure at all, and its
+    # BatchNorms then normalise near-constant channels (gradients overflow at step 1).
+    maps = maps_by_stride(feats)
+    if maps:
+        stride, first = next(iter(maps.items()))
+        if max(first.shape[1:3]) < 2:
+            raise ConfigError(
+                f"data.image_size {size} is too small for this model: its first map "
+                f"'stride{stride}' would be {first.shape[1]}x{first.shape[2]}; use at least "
+                f"{2 * stride} px"
             )
 
 
 def check_speed(train_cfg, global_batch: int, num_devices: int) -> None:
-    """ConfigError for a bad speed option (config group `train`), before anything compiles."""
-    t = train_cfg
-    if t.compute_dtype not in COMPUTE_DTYPES:
-        raise ConfigError(
-            f"train.compute_dtype '{t.compute_dtype}' is not one of {list(COMPUTE_DTYPES)}"
-        )
-    if t.conv not in CONV_CHOICES:
-        raise ConfigError(f"train.conv '{t.conv}' is not one of {list(CONV_CHOICES)}")
-    if t.batch_norm not in BATCH_NORMS:
-        raise ConfigError(f"train.batch_norm '{t.batch_norm}' is not one of {list(BATCH_NORMS)}")
-    if not 0 <= t.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay!r}")
-    k = t.grad_accum_steps
-    if not isinstance(k, int) or k < 1:
-        raise ConfigError(f"train.grad_accum_steps must be a positive integer, got {k!r}")
+    """ConfigError if micro-batches (train.grad_accum_steps) cannot split the batch evenly
+    over the devices (the choices themselves are in DOMAINS)."""
+    k = train_cfg.grad_accum_steps
     if global_batch % (k * num_devices):
         raise ConfigError(
             f"data.batch_size {global_batch} must be divisible by train.grad_accum_steps {k} "

@@ -34,14 +34,34 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
+def make(workdir: Path) -> None:
+    """Creates `workdir` (the last check before a run writes to it); ConfigError if it is a
+    file or cannot be created."""
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir} is a file, not a directory; choose another path")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"--workdir {workdir} cannot be created ({e.strerror}: {e.filename})"
+        ) from e
+
+
+def has_checkpoints(workdir: Path) -> bool:
+    """True once a run in `workdir` saved a checkpoint (a step directory)."""
+    ckpts = workdir / "checkpoints"
+    return ckpts.is_dir() and any(p.name.isdigit() and p.is_dir() for p in ckpts.iterdir())
+
+
 def check_and_write(workdir: Path, config, *, write: bool = True) -> list[str]:
     """Raises ConfigError if `workdir` holds a run whose config differs in what matters.
+    A workdir without a checkpoint holds no run to protect: its config is replaced.
 
     Returns the harmless differences (e.g. eval frequency), one line each, for logging.
     """
     path = workdir / "config.json"
     new = config_dict(config)
-    if not path.exists():
+    if not path.exists() or not has_checkpoints(workdir):
         if write:
             write_config(workdir, config)
         return []

@@ -84,6 +84,7 @@ def build(config, mesh=None) -> Run:
     mesh = sharding.data_mesh() if mesh is None else mesh
     validate.check_values(config, jax.process_count(), mesh.size)
     validate.check_speed(config.train, config.data.batch_size, mesh.size)
+    init_from.check(config)
     train_src, eval_src, info = open_sources(config.data)
     task = build_task(config, info)
     model = build_model(config, task)
@@ -97,6 +98,8 @@ def setup(config, workdir, mesh=None) -> Run:
     enable the compilation cache; the optimizer and step count."""
     run = build(config, mesh)
     run.workdir = Path(workdir)
+    if run.is_main:
+        wd.make(run.workdir)
     main = run.is_main
     diffs = wd.check_and_write(run.workdir, config, write=main)
     if main:

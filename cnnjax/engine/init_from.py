@@ -13,6 +13,8 @@ parameters get a zero update. BatchNorm running statistics still follow the data
 mode; a frozen backbone's weights are bitwise unchanged.
 """
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,13 +28,32 @@ SOURCES = ("torchvision",)
 _SHOWN = 12
 
 
+def check(config) -> None:
+    """The cheap checks of config group `init`, before anything is written or compiled:
+    the source, a convertible model, a weights file that exists."""
+    init = config.get("init")
+    if init is None or not init.checkpoint:
+        return
+    if init.source not in SOURCES:
+        raise ConfigError(f"init.source '{init.source}' is not one of {list(SOURCES)}")
+    name = init.get("model", "") or config.model.name
+    if name not in convert.names():
+        raise ConfigError(
+            f"init.checkpoint is set but model '{name}' has no torchvision conversion; "
+            f"convertible models: {', '.join(convert.names())}"
+        )
+    if not Path(init.checkpoint).expanduser().is_file():
+        raise ConfigError(
+            f"init.checkpoint '{init.checkpoint}' does not exist (nothing is downloaded)"
+        )
+
+
 def apply_init(config, state):
     """-> `state` with pretrained params/batch_stats (and a frozen-backbone optimizer)."""
     init = config.get("init")
     if init is None or not init.checkpoint:
         return state
-    if init.source not in SOURCES:
-        raise ConfigError(f"init.source '{init.source}' is not one of {list(SOURCES)}")
+    check(config)
     exclude = tuple(init.exclude)
     prefix = str(init.get("prefix", "")).strip("/")
     name = init.get("model", "") or config.model.name

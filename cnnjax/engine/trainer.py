@@ -46,7 +46,20 @@ def _summary(run: Run, state, start_step: int) -> dict:
         else f"{run.num_steps:,} "
         f"({run.num_steps * c.data.batch_size / run.info.num_train:.1f} epochs)",
         "workdir": str(run.workdir),
+        **_init_summary(c),
     }
+
+
+def _init_summary(config) -> dict:
+    """The start-up line of a pretrained start (config group `init`), if any."""
+    init = config.get("init")
+    if init is None or not init.checkpoint:
+        return {}
+    where = f" into '{init.prefix}'" if init.get("prefix") else ""
+    model = init.get("model") or config.model.name
+    kept = f"; fresh: {', '.join(init.exclude)}" if init.exclude else ""
+    frozen = "; backbone frozen (only the fresh part trains)" if init.freeze_backbone else ""
+    return {"init": f"{init.checkpoint} as {model}{where}{kept}{frozen}"}
 
 
 def window_metrics(window: list[dict]) -> dict:

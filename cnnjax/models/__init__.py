@@ -22,6 +22,7 @@ from cnnjax.models import (
     preact_resnet,
     resnet,
     resnet_cifar,
+    segmentation,
     shufflenet,
     squeezenet,
     vgg,
@@ -43,6 +44,7 @@ _REGISTRY: dict[str, Callable] = {
     **efficientnet.MODELS,
     **shufflenet.MODELS,
     **autoencoder.MODELS,
+    **segmentation.MODELS,
 }
 
 

@@ -1,0 +1,71 @@
+"""The README's zoo table, generated from the model registry (parameters and MACs of every
+registered model at its usual input, from `cnnjax.analysis.arithmetic`).
+
+    python experiments/zoo_table.py            # print the table
+    python experiments/zoo_table.py --write    # replace it in README.md, between its markers
+
+ImageNet models at 224 px, 1000 classes (Xception 299 px); CIFAR nets at 32 px, 10 classes;
+LeNet-5 at 32x32x1, 10 classes; the autoencoder at 16x16x1 (as configs/autoencoder.py).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+
+def input_for(name: str) -> tuple[tuple[int, int, int], int]:
+    """(input shape, classes) a model is usually measured at."""
+    if name.endswith("_cifar"):
+        return (32, 32, 3), 10
+    if name == "lenet5":
+        return (32, 32, 1), 10
+    if name == "autoencoder":
+        return (16, 16, 1), 0
+    if name == "xception":
+        return (299, 299, 3), 1000
+    return (224, 224, 3), 1000
+
+
+def rows() -> list[tuple[str, str, int, float]]:
+    """(model, input, params, GMACs) for every registry entry, in name order."""
+    from cnnjax import models
+    from cnnjax.analysis import arithmetic
+
+    out = []
+    for name in models.names():
+        shape, classes = input_for(name)
+        s = arithmetic.analyze(name, shape, num_classes=classes)
+        out.append((name, "x".join(map(str, shape)), s.params, s.macs / 1e9))
+    return out
+
+
+def table(found: list[tuple[str, str, int, float]]) -> str:
+    lines = ["| model | input | params | GMACs |", "|---|---|---:|---:|"]
+    lines += [f"| {n} | {i} | {p:,} | {g:.3f} |" for n, i, p, g in found]
+    return "\n".join(lines)
+
+
+def write(readme: Path, text: str) -> None:
+    content = readme.read_text()
+    if START not in content or END not in content:
+        sys.exit(f"{readme} has no {START} ... {END} block to replace")
+    head, rest = content.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true", help="replace the table in README.md")
+    args = p.parse_args(argv)
+    text = table(rows())
+    if args.write:
+        write(ROOT / "README.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
