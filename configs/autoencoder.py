@@ -3,6 +3,9 @@ lecture: encoder -> latent -> decoder, learned without labels).
 
     ./launch.sh train --config=configs/autoencoder.py --workdir=runs/ae
 
+reached test PSNR 31.83 dB (MSE 0.00072 per pixel, images in [0, 1]) in 4m36s of wall time
+on an idle 2-core CPU (2026-12-01, commit d6c6d90, README results table).
+
 Arguments: `nearest` / `bilinear` / `transposed` (the decoder's upsampling, default
 transposed convolutions initialised to bilinear), `mse` (per-pixel squared error instead of
 binary cross-entropy), `denoise` (Gaussian noise of std 0.3 on the input only: a denoising
