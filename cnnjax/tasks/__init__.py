@@ -12,10 +12,13 @@ from cnnjax.errors import ConfigError, unknown_name
 from cnnjax.tasks.base import Loss, Task, apply_model
 from cnnjax.tasks.classification import Classification
 from cnnjax.tasks.reconstruction import Reconstruction
+from cnnjax.tasks.segmentation import Segmentation
 
 __all__ = ["Loss", "Task", "apply_model", "create", "names", "options", "register"]
 
-_REGISTRY: dict[str, type] = {t.name: t for t in (Classification, Reconstruction)}
+_REGISTRY: dict[str, type] = {
+    t.name: t for t in (Classification, Reconstruction, Segmentation)
+}
 _BASE_FIELDS = {f.name for f in dataclasses.fields(Task)}
 
 
