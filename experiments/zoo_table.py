@@ -5,7 +5,9 @@ registered model at its usual input, from `cnnjax.analysis.arithmetic`).
     python experiments/zoo_table.py --write    # replace it in README.md, between its markers
 
 ImageNet models at 224 px, 1000 classes (Xception 299 px); CIFAR nets at 32 px, 10 classes;
-LeNet-5 at 32x32x1, 10 classes; the autoencoder at 16x16x1 (as configs/autoencoder.py).
+LeNet-5 at 32x32x1, 10 classes; the autoencoder at 16x16x1 (as configs/autoencoder.py);
+segmentation models at 224 px with 21 classes (PASCAL VOC); the recurrent models on the
+8x8 digits read row by row (cnn_lstm at 16 px), 10 classes.
 """
 
 import argparse
@@ -26,7 +28,19 @@ def input_for(name: str) -> tuple[tuple[int, int, int], int]:
         return (16, 16, 1), 0
     if name == "xception":
         return (299, 299, 3), 1000
+    if name in _segmentation():
+        return (224, 224, 3), 21  # PASCAL VOC's classes
+    if name == "cnn_lstm":
+        return (16, 16, 1), 10  # as configs/cnn_lstm.py
+    if name in ("rnn", "lstm", "gru"):
+        return (8, 8, 1), 10  # the digits read row by row, as configs/{rnn,lstm,gru}.py
     return (224, 224, 3), 1000
+
+
+def _segmentation() -> set[str]:
+    from cnnjax.models.segmentation import MODELS
+
+    return set(MODELS)
 
 
 def rows() -> list[tuple[str, str, int, float]]:

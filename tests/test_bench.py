@@ -32,3 +32,22 @@ def test_bench_bad_model_exits_2():
     proc = run_cli("cnnjax.tools.bench", "--models=resnet21", "--json")
     assert proc.returncode == 2
     assert "unknown model 'resnet21'" in proc.stderr
+
+
+def test_bench_an_lstm_against_its_torch_twin():
+    proc = run_cli("cnnjax.tools.bench", "--models=lstm", "--mode=train", "--batch=4",
+                   "--steps=1", "--windows=1", "--frameworks=cnnjax,torch_eager", "--nopipeline",
+                   "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["framework"] for r in rows] == ["cnnjax", "torch_eager"]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["image_size"] == 28 and r["img_per_s"] > 0  # row-wise MNIST's 28 steps
+
+
+def test_bench_a_model_without_a_torch_twin_says_so():
+    proc = run_cli("cnnjax.tools.bench", "--models=cnn_lstm", "--frameworks=cnnjax,torch_eager")
+    assert proc.returncode == 2
+    assert "model 'cnn_lstm' has no PyTorch twin" in proc.stderr
+    assert "--frameworks=cnnjax" in proc.stderr

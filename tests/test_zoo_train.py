@@ -23,6 +23,7 @@ import pytest
 
 from cnnjax import models
 from cnnjax.engine.state import TrainState
+from cnnjax.models.segmentation import MODELS as SEGMENTATION
 from tests.conftest import classification_step
 
 # Unoptimised XLA:CPU code: the same HLO and the same jit cache behaviour, compiled several
@@ -145,8 +146,11 @@ def _params(name):
     return pytest.param(name, marks=marks, id=name)
 
 
-# Every registry classifier (the autoencoder and later heads have their own task's tests).
-CLASSIFIERS = [n for n in models.names() if "num_classes" in models.fields(n)]
+# Every registry classifier (the autoencoder and the segmentation models have their own
+# task's tests).
+CLASSIFIERS = [
+    n for n in models.names() if "num_classes" in models.fields(n) and n not in SEGMENTATION
+]
 
 
 def test_every_listed_name_is_registered():

@@ -220,8 +220,10 @@ class _Walker:
         self.ops: list[tuple[tuple[int, int], Layer]] = []
         self.notes: set[str] = set()
         self._last_call, self._names = -1, {}
+        self._repeat = 1  # how many times the jaxpr being walked runs (a scan body: length)
 
     def layers(self) -> list[Layer]:
+        self._drop_phantoms()
         keyed = [((i, 0), la) for i, la in self.leaf_layers.items()] + self.ops
         ordered = [la for _, la in sorted(keyed, key=lambda kv: kv[0])]
         for prev, la in zip(ordered, ordered[1:], strict=False):
@@ -230,17 +232,51 @@ class _Walker:
                     setattr(la, key, getattr(prev, key))
         return ordered
 
+    def _drop_phantoms(self) -> None:
+        """Drops calls that left no image-dependent primitive in the jaxpr while another call
+        of the same module did (or, if none did, all but the last): flax's lifted transforms
+        (nn.RNN's scan) first call the body abstractly to create its variables, and
+        parameter holders (OptimizedLSTMCell's DenseParams) compute nothing themselves. The
+        survivors are named as if called once."""
+        dead = [i for i, la in self.leaf_layers.items() if la.receptive_field is None]
+        live = {self.calls[i].path for i in self.leaf_layers if i not in dead}
+        last = {self.calls[i].path: i for i in dead}
+        for i in dead:
+            if self.calls[i].path in live or last[self.calls[i].path] != i:
+                del self.leaf_layers[i]
+        seen: dict[str, int] = {}
+        for i, la in sorted(self.leaf_layers.items()):
+            path = self.calls[i].path
+            n = seen[path] = seen.get(path, 0) + 1
+            la.name = (path or self.calls[i].kind) + (f"#{n}" if n > 1 else "")
+
     def walk(self, jaxpr, fields: list, scope: list[int]) -> list:
         env = dict(zip(jaxpr.invars, fields, strict=True))
         for eqn in jaxpr.eqns:
             ids = scope + [int(m) for m in _SCOPE_RE.findall(str(eqn.source_info.name_stack))]
             self._last_call = max([self._last_call, *ids])
             ins = [None if isinstance(v, jcore.Literal) else env.get(v) for v in eqn.invars]
-            inner = rules.inner_jaxpr(eqn)
+            inner, scan = rules.inner_jaxpr(eqn), rules.scan_body(eqn)
             if inner is not None:
                 outs = self.walk(inner, ins, ids)
+            elif scan is not None:
+                # The body runs `length` times: its MACs count that often. Every value it
+                # makes may have seen the whole sequence (a recurrence), so the body walks
+                # on whole-input fields and every output of the scan gets that field too.
+                body, length = scan
+                whole = rules.whole_field(eqn, ins)
+                consts = eqn.params["num_consts"]  # then the carry, then the scanned inputs
+                fields = ins[:consts] + [whole] * (len(ins) - consts)
+                self._repeat, outer = self._repeat * length, self._repeat
+                try:
+                    self.walk(body, fields, ids)
+                finally:
+                    self._repeat = outer
+                outs = [whole] * len(eqn.outvars)
             else:
-                if eqn.primitive.name in rules.CALLS | rules.CONTROL:
+                if eqn.primitive.name in rules.CALLS | rules.CONTROL and any(
+                    f is not None for f in ins
+                ):  # an initializer's cond does not touch the image
                     self.notes.add(f"MACs inside '{eqn.primitive.name}' are not counted")
                 step = rules.apply(eqn, ins)
                 self._record(eqn, ids, step)
@@ -253,7 +289,7 @@ class _Walker:
         leaf = next((i for i in reversed(ids) if i in self.leaf_layers), None)
         if leaf is not None:
             layer = self.leaf_layers[leaf]
-            layer.macs += step.macs
+            layer.macs += step.macs * self._repeat
             if step.field is not None:
                 _set_field(layer, step.field)
             if step.info and layer.kernel is None:
@@ -264,7 +300,7 @@ class _Walker:
             n = self._names[base] = self._names.get(base, -1) + 1
             aval = eqn.outvars[0].aval
             layer = Layer(f"{base}_{n}" if n else base, step.kind, tuple(aval.shape))
-            layer.macs = step.macs
+            layer.macs = step.macs * self._repeat
             layer.activation_bytes = math.prod(aval.shape) * jnp.dtype(aval.dtype).itemsize
             layer.activation_bytes_float32 = math.prod(aval.shape) * 4
             _set_field(layer, step.field)

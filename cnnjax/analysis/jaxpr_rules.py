@@ -27,7 +27,7 @@ CALLS = {
     "custom_vjp_call_jaxpr",
     "named_call",
 }
-CONTROL = {"cond", "while", "scan"}  # bodies not walked: their MACs would go uncounted
+CONTROL = {"cond", "while"}  # bodies not walked: their MACs would go uncounted
 _POOLS = {
     "reduce_window_max": "max_pool",
     "reduce_window_min": "min_pool",
@@ -85,6 +85,37 @@ def apply(eqn, ins: list) -> Step:
     if prim == "dot_general":
         return Step(_dot(eqn, ins), "dot_general", macs=_dot_macs(eqn))
     return Step(_shape_rule(eqn, ins))
+
+
+def scan_body(eqn):
+    """(body jaxpr, length) of a `scan` (nn.RNN, nn.scan), else None."""
+    if eqn.primitive.name != "scan":
+        return None
+    body = eqn.params["jaxpr"]
+    return getattr(body, "jaxpr", body), int(eqn.params["length"])
+
+
+def whole_field(eqn, ins: list) -> Field | None:
+    """The field of everything the inputs hold, spatial axes forgotten: what a scan's
+    outputs (an RNN's every state, after it has read the whole sequence) can see."""
+    wholes = []
+    for f, v in zip(ins, eqn.invars, strict=True):
+        if f is None:
+            continue
+        if f.whole is not None:
+            wholes.append(f.whole)
+        elif f.axes is not None:
+            shape = v.aval.shape
+            wholes.append(tuple(r + (shape[a] - 1) * j for r, j, a in
+                                zip(f.rf, f.jump, f.axes, strict=True)))  # fmt: skip
+        else:
+            wholes.append(f.rf)
+    if not wholes:
+        return None
+    n = max(len(w) for w in wholes)
+    whole = tuple(max(w[i] if len(w) == n else max(w) for w in wholes) for i in range(n))
+    fields = [f for f in ins if f is not None]
+    return Field(fields[0].rf, fields[0].jump, None, whole)
 
 
 def inner_jaxpr(eqn):

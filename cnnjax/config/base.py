@@ -71,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.num_epochs = 0  # > 0 overrides num_steps with epochs of the train split
     c.train.seed = 0
     c.train.log_every_steps = 50
+    # > 0: every N steps, per-layer gradient norms and activation statistics (engine/diagnostics.py)
+    c.train.diagnostics_every_steps = 0
     c.train.checkpoint_every_steps = 500
     c.train.keep_checkpoints = 2  # the latest N, plus the best by eval.best_metric
     c.train.nan_policy = "stop"  # NaN/Inf step: stop (exit 3, naming it) | skip (count it)
@@ -98,6 +100,34 @@ def base_config() -> ml_collections.ConfigDict:
     c.init.exclude = ("fc",)  # modules kept freshly initialised (the head)
     c.init.freeze_backbone = False  # True: train only init.exclude (a linear probe)
     return c
+
+
+def segmentation_on_scenes(c: ml_collections.ConfigDict) -> None:
+    """Semantic segmentation of the embedded `digits_scenes` (64 px, 11 classes: background
+    and the ten digits, 255 ignored), with small random shifts (no flips: a mirrored digit
+    is another symbol); AdamW with a cosine schedule."""
+    set_task(c, "segmentation")
+    c.data.name = "digits_scenes"
+    c.data.image_size = 64
+    c.data.batch_size = 16
+    c.data.aug.crop_padding = 4
+    c.optim.name = "adamw"
+    c.optim.learning_rate = 2e-3
+    c.optim.weight_decay = 1e-4
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 100
+    c.train.log_every_steps = 50
+
+
+def segmentation_on_pets(c: ml_collections.ConfigDict, image_size: int = 128) -> None:
+    """Oxford-IIIT Pet's trimaps (tfds `oxford_iiit_pet`, prepared as ArrayRecord): pet vs
+    background, the trimap's border pixels ignored; flips allowed."""
+    set_task(c, "segmentation", mask_key="segmentation_mask", num_classes=2,
+             mask_values=(255, 1, 0, 255), scale_jitter=0.2)  # fmt: skip
+    c.data.name = "oxford_iiit_pet"
+    c.data.image_size = image_size
+    c.data.aug.flip = True
+    c.data.aug.crop_padding = 0
 
 
 def parse_arg(arg: str | None, allowed: set[str]) -> set[str]:

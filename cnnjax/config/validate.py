@@ -103,6 +103,7 @@ DOMAINS: dict[str, Domain] = {
     "train.num_epochs": _int(0),
     "train.seed": _int(0),
     "train.log_every_steps": _int(1),
+    "train.diagnostics_every_steps": _int(0),
     "train.checkpoint_every_steps": _int(1),
     "train.keep_checkpoints": _int(1),
     "train.nan_policy": _choice(NAN_POLICIES),

@@ -16,7 +16,7 @@ from flax import traverse_util
 
 from cnnjax import models
 from cnnjax.convert.files import load_state_dict, save_safetensors, to_numpy
-from cnnjax.convert.rules import RULES, Rule
+from cnnjax.convert.rules import RULES, SEGMENTATION_RULES, Rule
 from cnnjax.errors import ConfigError, unknown_name
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "load_state_dict",
     "names",
     "save_safetensors",
+    "segmentation_names",
 ]
 
 _BN_STATS = {"running_mean": "mean", "running_var": "var"}
@@ -40,6 +41,11 @@ class ConversionError(ConfigError):
 def names() -> list[str]:
     """Registry models that torchvision also has (and that convert)."""
     return sorted(n for n in RULES if n in models.names())
+
+
+def segmentation_names() -> list[str]:
+    """Registry segmentation models that convert from `torchvision.models.segmentation`."""
+    return sorted(n for n in SEGMENTATION_RULES if n in models.names())
 
 
 def head_module(name: str) -> str:
@@ -111,9 +117,10 @@ def _plan(name: str, rule: Rule, shapes: dict, expected: dict) -> dict[str, tupl
 
 
 def _rule(name: str) -> Rule:
-    if name not in RULES or name not in models.names():
-        raise unknown_name("torchvision-convertible model", name, names())
-    return RULES[name]
+    rules = {**RULES, **SEGMENTATION_RULES}
+    if name not in rules or name not in models.names():
+        raise unknown_name("torchvision-convertible model", name, names() + segmentation_names())
+    return rules[name]
 
 
 def _head_rows(rule: Rule, shapes: dict, name: str) -> int:

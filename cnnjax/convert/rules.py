@@ -72,3 +72,38 @@ RULES: dict[str, Rule] = {
     **_family([f"efficientnet_b{i}" for i in range(8)], head="classifier.1"),
     **_family([f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")], head="fc"),
 }
+
+
+# torchvision.models.segmentation, kept apart from RULES (whose names() the classification
+# tools and tests walk): `backbone.*` is the dilated ResNet (under params['backbone']), the
+# heads are Sequentials whose indices become names (deeplab.py); aux_classifier converts when
+# the model is built with aux=True. deeplabv3_resnet101 / fcn_resnet101: backbone='resnet101'.
+_BACKBONE = ((r"downsample_0$", "downsample_conv"), (r"downsample_1$", "downsample_bn"))
+_FCN_HEAD = tuple(
+    (rf"^{head}_{i}$", rf"{head}/{flax}")
+    for head in ("classifier", "aux_classifier")
+    for i, flax in ((0, "conv"), (1, "bn"), (4, "logits"))
+)
+_ASPP = (
+    (r"^classifier_0/convs_4_1$", "classifier/aspp/pooling/conv"),  # convs.4.0 is the pool
+    (r"^classifier_0/convs_4_2$", "classifier/aspp/pooling/bn"),
+    (r"^classifier_0/(convs_\d|project)_0$", r"classifier/aspp/\1/conv"),
+    (r"^classifier_0/(convs_\d|project)_1$", r"classifier/aspp/\1/bn"),
+    (r"^classifier_1$", "classifier/conv"),
+    (r"^classifier_2$", "classifier/bn"),
+    (r"^classifier_4$", "classifier/logits"),
+)
+SEGMENTATION_RULES: dict[str, Rule] = {
+    "deeplabv3": Rule(
+        torchvision_name="deeplabv3_resnet50",
+        head="classifier.4",
+        renames=_BACKBONE + _ASPP + _FCN_HEAD[3:],
+        optional=(r"aux_classifier\..*",),
+    ),
+    "fcn_resnet": Rule(
+        torchvision_name="fcn_resnet50",
+        head="classifier.4",
+        renames=_BACKBONE + _FCN_HEAD,
+        optional=(r"aux_classifier\..*",),
+    ),
+}

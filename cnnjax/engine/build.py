@@ -18,7 +18,7 @@ from cnnjax.config import validate
 from cnnjax.config import workdir as wd
 from cnnjax.data import open_sources
 from cnnjax.data.transforms import Augment
-from cnnjax.engine import guards, init_from, optim
+from cnnjax.engine import diagnostics, guards, init_from, optim
 from cnnjax.engine import step as steps
 from cnnjax.engine.state import create_state
 from cnnjax.errors import ConfigError
@@ -135,6 +135,7 @@ class Steps(NamedTuple):
     train: object
     eval: object
     predict: object
+    diagnose: object  # per-layer diagnostics (engine/diagnostics.py), compiled on first use
 
 
 def compile_steps(run: Run) -> Steps:
@@ -158,4 +159,6 @@ def compile_steps(run: Run) -> Steps:
     eval_step = jax.jit(eval_fn, in_shardings=(repl, data), out_shardings=data)
     predict_fn = functools.partial(steps.predict_step, task=run.task)
     predict_step = jax.jit(predict_fn, in_shardings=(repl, data), out_shardings=data)
-    return Steps(train_step, eval_step, predict_step)
+    diagnose_fn = functools.partial(diagnostics.diagnostics_step, task=run.task)
+    diagnose = jax.jit(diagnose_fn, in_shardings=(repl, data), out_shardings=repl)
+    return Steps(train_step, eval_step, predict_step, diagnose)

@@ -37,7 +37,7 @@ def check(config) -> None:
     if init.source not in SOURCES:
         raise ConfigError(f"init.source '{init.source}' is not one of {list(SOURCES)}")
     name = init.get("model", "") or config.model.name
-    if name not in convert.names():
+    if name not in convert.names() + convert.segmentation_names():
         raise ConfigError(
             f"init.checkpoint is set but model '{name}' has no torchvision conversion; "
             f"convertible models: {', '.join(convert.names())}"
@@ -73,7 +73,7 @@ def apply_init(config, state):
 
 
 def _pretrained(model_name: str, path: str, model_kwargs: dict) -> dict:
-    if model_name not in convert.names():
+    if model_name not in convert.names() + convert.segmentation_names():
         raise ConfigError(
             f"init.checkpoint is set but model '{model_name}' has no torchvision conversion; "
             f"convertible models: {', '.join(convert.names())}"

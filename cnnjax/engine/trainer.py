@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from cnnjax.data import pipeline
-from cnnjax.engine import guards
+from cnnjax.engine import diagnostics, guards
 from cnnjax.engine.build import Run, Steps, build, compile_steps, init_state, setup
 from cnnjax.engine.checkpointing import Checkpointer, abstract_like
 from cnnjax.engine.evaluation import evaluate
@@ -176,7 +176,8 @@ def _loop(run, state, data_iter, steps, ckpt, writer, start, guard) -> dict:
     try:
         for step in range(start + 1, run.num_steps + 1):
             host_batch = next(data_iter)
-            state, metrics = steps.train(state, sharding.to_global(host_batch, run.mesh))
+            batch = sharding.to_global(host_batch, run.mesh)
+            state, metrics = steps.train(state, batch)
             # At most MAX_IN_FLIGHT steps queued: the loop must not run far ahead of the
             # device, or a SIGTERM save would first wait for every queued step.
             in_flight.append(metrics["loss"])
@@ -198,6 +199,9 @@ def _loop(run, state, data_iter, steps, ckpt, writer, start, guard) -> dict:
                     logged["skipped_steps"] = guard.finite.skipped
                 writer.write(step, "train", logged)
                 progress.log(step, {k: logged[k] for k in run.task.progress_keys if k in logged})
+            if c.train.diagnostics_every_steps and step % c.train.diagnostics_every_steps == 0:
+                diag = jax.device_get(steps.diagnose(state, batch))
+                writer.write(step, diagnostics.SPLIT, {k: float(v) for k, v in diag.items()})
             if (step % c.eval.every_steps == 0 or final) and not preempted():
                 guard.finite.flush()
                 eval_metrics = evaluate(
@@ -258,7 +262,12 @@ def _samples(run, step: int):
 
 
 def _format(metrics: dict) -> str:
-    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    """Float metrics, 4 decimals (3 significant digits in e-notation below 1e-3)."""
+    return " ".join(
+        f"{k} {v:.4f}" if v == 0 or abs(v) >= 1e-3 else f"{k} {v:.3g}"
+        for k, v in metrics.items()
+        if isinstance(v, float)
+    )
 
 
 def _last_eval(workdir, step: int) -> dict | None:

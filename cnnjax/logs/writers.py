@@ -29,9 +29,9 @@ class MetricWriter:
         row = {"step": int(step), "split": split, **clean}
         self._jsonl.write(json.dumps(row, allow_nan=True) + "\n")
         self._jsonl.flush()
-        values = [  # scalars only; lists (e.g. per-class values) live in metrics.jsonl
-            summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=v)
-            for k, v in clean.items()
+        values = [  # a list (per-class IoU, per-time-step gradients) is one tag per entry
+            summary_pb2.Summary.Value(tag=tag, simple_value=v)
+            for tag, v in _scalars(split, clean)
             if isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
         ]
         event = event_pb2.Event(
@@ -44,6 +44,17 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def _scalars(split: str, metrics: dict):
+    """(tag, value) pairs: `split/key`, and `split/key/{i}` for entry i of a flat list."""
+    for k, v in metrics.items():
+        if isinstance(v, list):
+            width = len(str(max(len(v) - 1, 0)))
+            for i, x in enumerate(v):
+                yield f"{split}/{k}/{i:0{width}d}", x
+        else:
+            yield f"{split}/{k}", v
 
 
 def _plain(v):

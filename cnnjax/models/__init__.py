@@ -23,6 +23,7 @@ from cnnjax.models import (
     resnet,
     resnet_cifar,
     segmentation,
+    sequence,
     shufflenet,
     squeezenet,
     vgg,
@@ -45,6 +46,7 @@ _REGISTRY: dict[str, Callable] = {
     **shufflenet.MODELS,
     **autoencoder.MODELS,
     **segmentation.MODELS,
+    **sequence.MODELS,
 }
 
 
@@ -68,12 +70,16 @@ def fields(name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(module_cls)} - {"parent", "name"}
 
 
-def create(name: str, **kwargs):
-    """Builds registry model `name`; kwargs (e.g. `num_classes=10`) set module fields."""
+def create(name: str, *, module_name: str | None = None, **kwargs):
+    """Builds registry model `name`; kwargs (e.g. `num_classes=10`) set module fields.
+    `module_name`: the flax name of the module (a submodule when created inside another
+    module's `nn.compact` method, e.g. 'backbone')."""
     valid = fields(name)
     bad = sorted(set(kwargs) - valid)
     if bad:
         raise ConfigError(
             f"model '{name}' has no option(s) {bad}; valid model.kwargs: {sorted(valid)}"
         )
+    if module_name is not None:
+        kwargs["name"] = module_name
     return _REGISTRY[name](**kwargs)

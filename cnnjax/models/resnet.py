@@ -10,8 +10,9 @@ after its last BN: `se_resnet50` is SENet's SE-ResNet-50 (ratio 1/16), with the 
 `num_classes=0` builds the backbone without `fc`: the outputs are then 'pre_logits'.
 `output_stride` 16 or 8 trades the strides of the last stage(s) for dilation, as torchvision's
 `replace_stride_with_dilation` (DeepLab's dilated ResNet; resnet_stages.py), with the same
-parameters. A Bottleneck dilates its 3x3; a BasicBlock (ResNet-18/34), which torchvision
-refuses to dilate, dilates both of its 3x3 convolutions.
+parameters; `multi_grid` (DeepLab v3's unit rates, e.g. (1, 2, 4)) multiplies the dilations
+of the last stage's blocks. A Bottleneck dilates its 3x3; a BasicBlock (ResNet-18/34), which
+torchvision refuses to dilate, dilates both of its 3x3 convolutions.
 
 Features (at output_stride 32; shapes at 224 px for ResNet-50): 'stride2' [B, 112, 112, 64]
 (after conv1/bn1/ReLU), 'stem' [B, 56, 56, 64] (after the max-pool), 'stage1'...'stage4' =
@@ -104,6 +105,7 @@ class ResNet(nn.Module):
     shortcut: bool = True
     se_ratio: float = 0.0
     output_stride: int = 32  # 8 or 16: dilate the last stage(s) instead of striding
+    multi_grid: Sequence[int] = ()  # DeepLab v3's unit rates of the last stage; () = all 1
     act: Callable = nn.relu
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = nn.BatchNorm
@@ -129,6 +131,7 @@ class ResNet(nn.Module):
             self.stage_sizes,
             width=self.width,
             output_stride=self.output_stride,
+            multi_grid=self.multi_grid,
         )
         return head(self, x, feats)
 

@@ -51,6 +51,19 @@ def check_output_stride(output_stride: int) -> None:
         )
 
 
+def check_multi_grid(multi_grid: Sequence[int], blocks: int) -> tuple[int, ...]:
+    """-> the last stage's unit rates, one per block: () or all ones means no change."""
+    grid = tuple(multi_grid)
+    if not grid or all(g == 1 for g in grid):
+        return (1,) * blocks
+    if len(grid) != blocks or not all(isinstance(g, int) and g >= 1 for g in grid):
+        raise ConfigError(
+            f"multi_grid must hold one positive int per block of the last stage ({blocks}), "
+            f"got {multi_grid!r}"
+        )
+    return grid
+
+
 def stage_plan(
     num_stages: int, output_stride: int, stride: int = 4
 ) -> tuple[tuple[int, int, int], ...]:
@@ -97,20 +110,25 @@ def stages(
     width: int,
     output_stride: int,
     stride: int = 4,
+    multi_grid: Sequence[int] = (),
 ):
     """Runs the stages on the stem's output: x [B, H/4, W/4, C] -> (x [B, H/os, W/os, C'], os).
 
     Block j of stage i is `make_block(i, j)(features=width * 2**i, strides=..., dilation=...,
     name=f'layer{i + 1}_{j}')`; after stage i its output is recorded as 'stage{i + 1}' and as
     'stride{s}' at its true output stride s (os: the last one, <= output_stride).
+    `multi_grid` (DeepLab v3's unit rates, one per block of the last stage; () = all 1)
+    multiplies the dilation of block j of the last stage by multi_grid[j].
     """
     plan = stage_plan(len(stage_sizes), output_stride, stride)
+    grid = check_multi_grid(multi_grid, stage_sizes[-1])
     for i, (n, (s, first, rest)) in enumerate(zip(stage_sizes, plan, strict=True)):
         for j in range(n):
+            unit = grid[j] if i == len(stage_sizes) - 1 else 1
             x = make_block(i, j)(
                 features=width * 2**i,
                 strides=s if j == 0 else 1,
-                dilation=first if j == 0 else rest,
+                dilation=(first if j == 0 else rest) * unit,
                 name=f"layer{i + 1}_{j}",
             )(x)
         stride *= s

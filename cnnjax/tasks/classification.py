@@ -4,6 +4,14 @@ accuracy, class predictions.
 A model whose training forward returns `features['aux_logits']` (a tuple of [B, K] logits,
 e.g. GoogLeNet's auxiliary classifiers) has their cross-entropy added to the loss, each
 weighted by `aux_loss_weight`; evaluation uses only the main logits.
+
+`step_grads` ('rows', 'columns' or 'pixels'; '' = off) adds the sequence lecture's diagnostic
+to every evaluation: the norm of the gradient of each test example's loss with respect to
+its input at each time step of that read (row t, column t or pixel t of the normalised image,
+as the recurrent models of models/sequence.py read it), averaged over the test set:
+`input_grad_norm` [T] in metrics.jsonl (and `input_grad_norm/{t}` scalars in TensorBoard),
+plus `input_grad_first_last` = step 0's over step T-1's, how much the earliest input still
+moves the loss relative to the latest (1e-6 means the first steps are forgotten).
 """
 
 import dataclasses
@@ -15,7 +23,7 @@ import numpy as np
 
 from cnnjax.data import transforms as T
 from cnnjax.data.features import Feature
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, unknown_name
 from cnnjax.losses.classification import cross_entropy
 from cnnjax.metrics.classification import ClassificationMetrics, topk_correct
 from cnnjax.tasks import plots
@@ -46,12 +54,29 @@ def require_images(task_name: str, info) -> None:
         )
 
 
+STEP_READS = ("", "rows", "columns", "pixels")
+
+
+def step_grad_norms(grads, read: str):
+    """grads [B, H, W, C] (of the loss with respect to the image) -> [B, T]: the L2 norm of
+    each time step's input under `read` (rows: T = H, columns: T = W, pixels: T = H*W)."""
+    sq = jnp.square(grads.astype(jnp.float32))
+    if read == "rows":
+        per_step = sq.sum((2, 3))
+    elif read == "columns":
+        per_step = sq.sum((1, 3))
+    else:
+        per_step = sq.sum(3).reshape(sq.shape[0], -1)
+    return jnp.sqrt(per_step)
+
+
 @dataclasses.dataclass(frozen=True)
 class Classification(Task):
     """Softmax classification of `label` from `image`."""
 
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.3  # each auxiliary head's loss weight (GoogLeNet paper: 0.3)
+    step_grads: str = ""  # '', 'rows', 'columns' or 'pixels': see the module docstring
 
     name: ClassVar[str] = "classification"
     METRICS: ClassVar[dict] = {"accuracy": "max", "top5_accuracy": "max", "loss": "min"}
@@ -69,6 +94,8 @@ class Classification(Task):
             raise ConfigError(
                 f"task.kwargs.aux_loss_weight must be non-negative, got {self.aux_loss_weight!r}"
             )
+        if self.step_grads not in STEP_READS:
+            raise unknown_name("task.kwargs.step_grads", self.step_grads, STEP_READS)
 
     @classmethod
     def check_info(cls, info) -> None:
@@ -132,14 +159,34 @@ class Classification(Task):
         return Loss(total, count, terms, updates)
 
     def eval_outputs(self, apply_fn, variables, batch) -> dict:
-        (logits, _), _ = apply_model(apply_fn, variables, batch["image"], train=False)
         labels = batch["label"]
-        return {
-            "loss": cross_entropy(logits, labels),
+
+        def losses(image):
+            (logits, _), _ = apply_model(apply_fn, variables, image, train=False)
+            return cross_entropy(logits, labels), logits
+
+        if self.step_grads:
+            # In eval mode examples are independent (BatchNorm uses its running statistics),
+            # so the gradient of the summed loss holds every example's own input gradient.
+
+            def summed(image):
+                per, z = losses(image)
+                return per.sum(), (per, z)
+
+            (_, (per_example, logits)), grads = jax.value_and_grad(summed, has_aux=True)(
+                batch["image"]
+            )
+        else:
+            per_example, logits = losses(batch["image"])
+        outputs = {
+            "loss": per_example,
             "top1": topk_correct(logits, labels, 1),
             "top5": topk_correct(logits, labels, 5),
             "mask": batch["mask"],
         }
+        if self.step_grads:
+            outputs["input_grad"] = step_grad_norms(grads, self.step_grads)
+        return outputs
 
     def metric(self) -> ClassificationMetrics:
         return ClassificationMetrics()

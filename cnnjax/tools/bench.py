@@ -45,12 +45,45 @@ flags.DEFINE_boolean("json", False, "Print one JSON line per measurement instead
 flags.DEFINE_string("worker", None, "Internal: run one measurement given as JSON.")
 
 
+# Recurrent models with a PyTorch twin (cnnjax.tools.bench_torch.RowSequenceClassifier);
+# `cnn_lstm` has none (run it with --frameworks=cnnjax).
+TORCH_SEQUENCE = ("rnn", "lstm", "gru")
+SEQUENCE = (*TORCH_SEQUENCE, "cnn_lstm")
+
+
 def _image_size(model: str, size: int) -> int:
-    return size or (32 if model.endswith("_cifar") else 224)
+    if size:
+        return size
+    if model in SEQUENCE:
+        return 28  # row-wise MNIST: 28 steps of 28 pixels (x 3 channels here)
+    return 32 if model.endswith("_cifar") else 224
 
 
 def _num_classes(model: str) -> int:
-    return 10 if model.endswith("_cifar") else 1000
+    if _task_of(model) == "segmentation":
+        return 21  # PASCAL VOC's classes, as torchvision's segmentation models
+    return 10 if model.endswith("_cifar") or model in SEQUENCE else 1000
+
+
+# cnnjax segmentation models and their torchvision twins (the same backbone, output stride,
+# head; tests/test_deeplab.py checks equal logits on converted weights).
+TORCH_SEGMENTATION = {"deeplabv3": "deeplabv3_resnet50", "fcn_resnet": "fcn_resnet50"}
+
+
+def _task_of(model: str) -> str:
+    from cnnjax.models.segmentation import MODELS
+
+    return "segmentation" if model in MODELS else "classification"
+
+
+def _synthetic_info(model: str, s: int):
+    """A DataInfo for the bench's synthetic batches (3 channels)."""
+    from cnnjax.data.sources import DataInfo, FeatureInfo
+
+    k = _num_classes(model)
+    if _task_of(model) == "segmentation":
+        return DataInfo.synthetic((s, s, 3), None, segmentation=FeatureInfo((s, s), "uint8", k))
+    return DataInfo.synthetic((s, s, 3), k)
 
 
 def _peak_rss_mb() -> float:
@@ -84,15 +117,12 @@ def compiled_step(job: dict):
 
     from cnnjax import models, tasks
     from cnnjax.data.features import synthetic_batch
-    from cnnjax.data.sources import DataInfo
     from cnnjax.engine import step
     from cnnjax.engine.state import create_state
     from cnnjax.models import rewrite
 
-    b, s, k = job["batch"], job["image_size"], _num_classes(job["model"])
-    task = tasks.create(
-        job.get("task", "classification"), DataInfo.synthetic((s, s, 3), k), image_size=s
-    )
+    b, s = job["batch"], job["image_size"]
+    task = tasks.create(_task_of(job["model"]), _synthetic_info(job["model"], s), image_size=s)
     # The trainer's own model set-up: compute dtype, conv and BatchNorm implementations.
     train_cfg = ml_collections.ConfigDict(
         {"compute_dtype": job["dtype"], "conv": job["conv"],
@@ -131,7 +161,7 @@ def _cnnjax(job: dict) -> dict:
     return {"step_ms": sec * 1e3, "compile_s": compile_s, "device": jax.devices()[0].device_kind}
 
 
-def _torch_model(name: str, num_classes: int):
+def _torch_model(name: str, num_classes: int, image_size: int = 224):
     import torchvision
 
     if name.endswith("_cifar"):
@@ -139,6 +169,26 @@ def _torch_model(name: str, num_classes: int):
 
         depth = int(name.removeprefix("resnet").removesuffix("_cifar"))
         return cifar_resnet(depth, num_classes)
+    if name in TORCH_SEQUENCE:
+        from cnnjax.tools.bench_torch import RowSequenceClassifier
+
+        return RowSequenceClassifier(name, 3 * image_size, num_classes)
+    if name in TORCH_SEGMENTATION:
+        import torch
+
+        class OutOnly(torch.nn.Module):
+            """torchvision's segmentation models return {'out': logits}: unwrap them."""
+
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                return self.model(x)["out"]
+
+        build = getattr(torchvision.models.segmentation, TORCH_SEGMENTATION[name])
+        kw = {"weights": None, "weights_backbone": None, "aux_loss": False}
+        return OutOnly(build(num_classes=num_classes, **kw))
     return getattr(torchvision.models, name)(num_classes=num_classes)
 
 
@@ -148,9 +198,10 @@ def _torch(job: dict) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     b, s, k = job["batch"], job["image_size"], _num_classes(job["model"])
-    model = _torch_model(job["model"], k).to(dev)
+    model = _torch_model(job["model"], k, s).to(dev)
     x = torch.randn(b, 3, s, s, device=dev)
-    y = torch.randint(0, k, (b,), device=dev)
+    label_shape = (b, s, s) if _task_of(job["model"]) == "segmentation" else (b,)
+    y = torch.randint(0, k, label_shape, device=dev)  # segmentation: per-pixel classes
     if job["framework"] == "torch_channels_last":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -286,6 +337,23 @@ def _check_names(models: list[str], frameworks: list[str]) -> None:
     for f in frameworks:
         if f not in FRAMEWORKS:
             raise ConfigError(f"unknown framework '{f}'; expected a subset of {list(FRAMEWORKS)}")
+    if any(f != "cnnjax" for f in frameworks):
+        import torchvision
+
+        from cnnjax.models.segmentation import MODELS as SEGMENTATION
+
+        for m in models:
+            twin = (
+                (m.endswith("_cifar") and m.startswith("resnet"))
+                or m in TORCH_SEQUENCE
+                or (m in TORCH_SEGMENTATION)
+                or (m not in SEGMENTATION and m not in SEQUENCE and hasattr(torchvision.models, m))
+            )
+            if not twin:
+                raise ConfigError(
+                    f"model '{m}' has no PyTorch twin to benchmark against; run it with "
+                    "--frameworks=cnnjax"
+                )
 
 
 def main(argv):

@@ -51,3 +51,22 @@ class CifarResNet(nn.Module):
 
 def cifar_resnet(depth: int, num_classes: int) -> CifarResNet:
     return CifarResNet(depth, num_classes)
+
+
+class RowSequenceClassifier(nn.Module):
+    """The twin of cnnjax's `rnn` / `lstm` / `gru` at their defaults: an NCHW image read row
+    by row (H steps of W*C features), one layer of `hidden` units (torch.nn.RNN with tanh,
+    LSTM or GRU), a linear head on the last hidden state."""
+
+    CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+    def __init__(self, cell: str, in_features: int, num_classes: int, hidden: int = 128):
+        super().__init__()
+        self.rnn = self.CELLS[cell](in_features, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        seq = x.permute(0, 2, 3, 1).reshape(b, h, w * c)  # NHWC rows, as cnnjax reads them
+        out, _ = self.rnn(seq)
+        return self.fc(out[:, -1])

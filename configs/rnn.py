@@ -1,0 +1,58 @@
+"""A vanilla (Elman) RNN (flax's SimpleCell) reading the embedded 8x8 handwritten digits as a
+sequence: the baseline the gated cells of configs/lstm.py and configs/gru.py improve on.
+
+    ./launch.sh train --config=configs/rnn.py --workdir=runs/rnn
+
+Accuracy: not measured yet. Arguments: `rows` (default: 8 steps of 8 pixels), `pixels` (64
+steps of 1 pixel, where a tanh RNN's gradients vanish), `relu` (Le et al. 2015's IRNN: relu
+units, the recurrent kernel initialised to the identity and the input kernel to
+N(0, 0.001^2)), `smoke` (seconds, for tests); `relu` combines with either read.
+
+Recipe: configs/lstm.py's (128 hidden units, batch 128, gradients clipped at global norm 1, as
+Le et al. 2015 clip every recurrent net they train on pixel MNIST) at AdamW 2e-3, and 1e-3 for
+the IRNN: relu units are unbounded, and the Keras reproduction of the IRNN (keras
+examples/mnist_irnn.py: 100 units, identity recurrent init, clip norm 1) needed RMSProp at
+1e-6 on 784 steps to stay stable; over 64 steps Adam at 1e-3 with clipping is the usual choice.
+"""
+
+from cnnjax.config import base as configlib
+
+READS = ("rows", "pixels")
+
+
+def get_config(arg=None):
+    tokens = configlib.parse_arg(arg, {*READS, "relu", "smoke"})
+    reads = [t for t in READS if t in tokens]
+    if len(reads) > 1:
+        raise configlib.ConfigError(f"choose one read of {list(READS)}, got {reads}")
+    read = reads[0] if reads else "rows"
+    irnn = "relu" in tokens
+    c = configlib.base_config()
+    c.model.name = "rnn"
+    c.model.kwargs.read = read
+    # Per-time-step input gradients at every evaluation, for the read the model makes: a
+    # one-way reference (--config.model.kwargs.read=pixels moves it too;
+    # --config.task.kwargs.step_grads='' turns it off and leaves the read alone).
+    c.task.kwargs.step_grads = c.model.kwargs.get_ref("read") + ""
+    c.model.kwargs.hidden_size = 128
+    c.model.kwargs.num_layers = 1
+    c.model.kwargs.bidirectional = False
+    c.model.kwargs.activation = "relu" if irnn else "tanh"
+    c.model.kwargs.cell_init = "irnn" if irnn else "flax"
+    c.data.name = "digits"
+    c.data.image_size = 8  # the digits' own size: one row (or pixel) per time step
+    c.data.batch_size = 128
+    c.optim.name = "adamw"
+    c.optim.learning_rate = 1e-3 if irnn else 2e-3
+    c.optim.weight_decay = 1e-4
+    c.optim.weight_decay_on = "kernels"
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 100
+    c.optim.grad_clip_norm = 1.0  # backpropagation through time explodes (Pascanu et al. 2013)
+    c.train.num_steps = 2000 if read == "rows" else 4000
+    c.train.log_every_steps = 100
+    c.train.checkpoint_every_steps = 500
+    c.eval.every_steps = 500
+    if "smoke" in tokens:
+        configlib.apply_smoke(c)
+    return c.lock()
