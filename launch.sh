@@ -6,6 +6,9 @@
 #   ./launch.sh test-zoo [pytest args]   (the zoo entries the suite leaves out; CI's 2nd stage)
 #   ./launch.sh bench [--models=a,b] [--mode=train|eval|both] [--batch=N] [--json]
 #   ./launch.sh chaos [--kills=N]   (a smoke run under N random kill -9s ends bitwise equal)
+#   ./launch.sh sweep experiments/NAME/sweep.py [--parallel=N] [--dry-run] [--point-index=I]
+#       [--slurm [--wait] [--cpus-per-task=C] [--mem=M] [--time=T] [--slurm-arg=OPT ...]]
+#   ./launch.sh report experiments/NAME/sweep.py|SWEEP_DIR [--out=DIR]
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -51,6 +54,11 @@ commands:
   bench     python -m cnnjax.tools.bench ARGS  (img/s against PyTorch; installs the torch extra)
   chaos     python -m cnnjax.tools.chaos ARGS  (--kills=N random kill -9s + restarts of a smoke
             run; exit 0 only if it ends bitwise equal to an uninterrupted one)
+  sweep     python -m cnnjax.tools.sweep ARGS  (every point of experiments/NAME/sweep.py in its
+            own workdir under runs/sweeps/NAME; --parallel=N, --dry-run; rerun resumes;
+            --slurm [--wait]: the points not done as a SLURM array job, see --help)
+  report    python -m cnnjax.tools.report ARGS  (report.md/.csv and plots of a sweep; prints
+            the table: mean ± std over seeds per group)
   python    run the project's Python with ARGS
 USAGE
 }
@@ -72,6 +80,8 @@ case "$cmd" in
     exec "$VENV/bin/python" -m pytest -n "${CNNJAX_TEST_WORKERS:-2}" -m zoo_full \
       tests/test_zoo_train.py "$@" ;;
   chaos) bootstrap; exec "$VENV/bin/python" -m cnnjax.tools.chaos "$@" ;;
+  sweep) bootstrap; exec "$VENV/bin/python" -m cnnjax.tools.sweep "$@" ;;
+  report) bootstrap; exec "$VENV/bin/python" -m cnnjax.tools.report "$@" ;;
   bench) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench "$@" ;;
   python) bootstrap; exec "$VENV/bin/python" "$@" ;;
   -h|--help|help) usage ;;

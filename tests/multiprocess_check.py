@@ -3,13 +3,17 @@
 NUM_PROCESSES is 1, and saves losses and parameters for tests/test_distributed.py.
 
     python -m tests.multiprocess_check OUT_DIR PORT PROCESS_ID NUM_PROCESSES [reversed]
+    srun -n 2 python -m tests.multiprocess_check OUT_DIR slurm
 
 `reversed` (one process only) reverses the examples of the first batch: the same update
-summed in another order, the baseline the 2-process result is compared with.
+summed in another order, the baseline the 2-process result is compared with. `slurm`: the
+processes are the tasks of a SLURM step, jax.distributed initialised from its variables
+(tests/test_slurm.py). `check_two_match_one(OUT_DIR)` compares the runs.
 """
 
 import json
 import sys
+from pathlib import Path
 
 from cnnjax.runtime import distributed
 
@@ -26,10 +30,14 @@ def _host(params):
 
 
 def main(out, port, process_id, num_processes, reverse=False):
-    if num_processes > 1:
+    if port == "slurm":
+        assert distributed.maybe_initialize(), "not a multi-task SLURM step"
+    elif num_processes > 1:
         distributed.maybe_initialize(f"localhost:{port}", num_processes, process_id)
     import jax
     import numpy as np
+
+    num_processes = jax.process_count()
 
     from cnnjax.engine import trainer
     from cnnjax.runtime import sharding
@@ -70,6 +78,32 @@ def main(out, port, process_id, num_processes, reverse=False):
             json.dump(result, f)
 
 
+def check_two_match_one(out) -> None:
+    """Asserts that the 2-process run in `out` matches the 1-process one (result2.json and
+    result1.json, first*.npz) within what reordering the first batch moves it."""
+    import numpy as np
+
+    out = Path(out)
+    one = json.loads((out / "result1.json").read_text())
+    two = json.loads((out / "result2.json").read_text())
+    assert (one["processes"], two["processes"], two["devices"]) == (1, 2, 2)
+    # As in the 1-vs-8-device test (tests/test_trainer.py): two processes read the batch in
+    # another order and reduce over two shards; the first update may move no further from
+    # one process's than a reordering of the same batch on one process moves it.
+    np.testing.assert_allclose(one["losses"], two["losses"], rtol=1e-2)
+    init, f1, f2, fr = (np.load(out / f"{n}.npz") for n in ("init1", "first1", "first2",
+                                                             "first1r"))  # fmt: skip
+    assert sorted(f1.files) == sorted(f2.files) == sorted(fr.files)
+    norm = lambda a, b: np.sqrt(sum(float(((a[k] - b[k]) ** 2).sum()) for k in a.files))
+    step = norm(f1, init)
+    assert norm(f1, f2) / step < 3 * norm(f1, fr) / step + 1e-4, (norm(f1, f2), norm(f1, fr))
+    assert one["eval"]["num_examples"] == two["eval"]["num_examples"] == 64
+    assert abs(one["eval"]["loss"] - two["eval"]["loss"]) < 1e-2 * max(1.0, one["eval"]["loss"])
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
-         reverse=sys.argv[5:] == ["reversed"])  # fmt: skip
+    if sys.argv[2:] == ["slurm"]:
+        main(sys.argv[1], "slurm", None, None)
+    else:
+        main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+             reverse=sys.argv[5:] == ["reversed"])  # fmt: skip

@@ -1,7 +1,6 @@
 """Multi-host start-up: argument checks, SLURM detection, and 2 CPU processes on localhost
 training to the same result as 1 process with the same global batch."""
 
-import json
 import os
 import signal
 import socket
@@ -9,12 +8,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from cnnjax.errors import ConfigError
 from cnnjax.runtime import distributed
 from tests.conftest import ROOT
+from tests.multiprocess_check import check_two_match_one
 
 SMOKE = "configs/resnet20_cifar.py:digits,smoke"
 
@@ -64,21 +63,7 @@ def test_two_processes_match_one(tmp_path):
                          timeout=600)  # fmt: skip
     assert rev.returncode == 0, rev.stderr[-2000:]
     assert all(p.returncode == 0 for p in procs), errs[0][-2000:] + errs[1][-2000:]
-    one = json.loads((tmp_path / "result1.json").read_text())
-    two = json.loads((tmp_path / "result2.json").read_text())
-    assert (one["processes"], two["processes"], two["devices"]) == (1, 2, 2)
-    # As in the 1-vs-8-device test (tests/test_trainer.py): two processes read the batch in
-    # another order and reduce over two shards; the first update may move no further from
-    # one process's than a reordering of the same batch on one process moves it.
-    np.testing.assert_allclose(one["losses"], two["losses"], rtol=1e-2)
-    init, f1, f2, fr = (np.load(tmp_path / f"{n}.npz") for n in ("init1", "first1", "first2",
-                                                                  "first1r"))  # fmt: skip
-    assert sorted(f1.files) == sorted(f2.files) == sorted(fr.files)
-    norm = lambda a, b: np.sqrt(sum(float(((a[k] - b[k]) ** 2).sum()) for k in a.files))
-    step = norm(f1, init)
-    assert norm(f1, f2) / step < 3 * norm(f1, fr) / step + 1e-4, (norm(f1, f2), norm(f1, fr))
-    assert one["eval"]["num_examples"] == two["eval"]["num_examples"] == 64
-    assert abs(one["eval"]["loss"] - two["eval"]["loss"]) < 1e-2 * max(1.0, one["eval"]["loss"])
+    check_two_match_one(tmp_path)
 
 
 def _start_two(workdir):

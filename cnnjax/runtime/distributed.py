@@ -23,6 +23,25 @@ def in_slurm_job(env=None) -> bool:
         return False
 
 
+def slurm_local_device_ids(env=None) -> list[int] | None:
+    """The GPUs a SLURM task drives: None (JAX's choice) unless every node runs one task.
+
+    JAX's SLURM detection assumes one process per GPU and restricts each process to the GPU
+    at index SLURM_LOCALID (jax-ml/jax#16788), so with one task per node (the layout of
+    experiments/slurm_train.sbatch) each node would train on its first GPU only. Then the
+    task takes every GPU SLURM gave it: indices 0..n-1 of CUDA_VISIBLE_DEVICES (set by
+    --gpus-per-node). On CPUs, or with no CUDA_VISIBLE_DEVICES, JAX's default is kept.
+    """
+    env = os.environ if env is None else env
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    try:
+        nodes = int(env.get("SLURM_STEP_NUM_NODES") or env["SLURM_NNODES"])
+        one_per_node = int(env["SLURM_NTASKS"]) == nodes
+    except (KeyError, ValueError):
+        return None
+    return list(range(len(visible))) if one_per_node and visible else None
+
+
 def check_args(coordinator_address, num_processes, process_id) -> bool:
     """-> True when explicit arguments ask for several processes; ConfigError if incomplete."""
     given = {
@@ -63,6 +82,8 @@ def maybe_initialize(coordinator_address=None, num_processes=None, process_id=No
         )
         return True
     if in_slurm_job():
-        jax.distributed.initialize()  # SLURM_* variables, via jax's cluster detection
+        # Coordinator (the step's first node), process count and id: SLURM_* variables,
+        # via jax's cluster detection (tests/test_slurm.py runs it under srun -n 2).
+        jax.distributed.initialize(local_device_ids=slurm_local_device_ids())
         return True
     return False

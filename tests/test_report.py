@@ -1,0 +1,115 @@
+"""The report tool's list-valued metrics (profile plots) and --readme pasting, on hand-written
+workdirs (tests/test_sweep.py covers the tables)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cnnjax.errors import ConfigError
+from cnnjax.tools import report
+from tests.conftest import ROOT
+
+
+def _cli(cwd, *args):
+    """python -m cnnjax.tools.report ARGS from `cwd` (relative sweep paths resolve there)."""
+    return subprocess.run([sys.executable, "-m", "cnnjax.tools.report", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})  # fmt: skip
+
+
+def _run(root, name, seed, grads, steps=4):
+    """A finished classification workdir whose final eval logs `input_grad_norm`."""
+    wd = root / name
+    wd.mkdir(parents=True)
+    config = {"task": {"name": "classification"}, "eval": {"best_metric": ""},
+              "train": {"num_steps": steps, "num_epochs": 0, "seed": seed},
+              "data": {"batch_size": 16}, "model": {"name": "toy"}}  # fmt: skip
+    (wd / "config.json").write_text(json.dumps(config))
+    early, key = [9.0] * len(grads), "input_grad_norm"
+    rows = [{"step": steps, "split": "train", "loss": 0.5, "steps_per_sec": 2.0},
+            {"step": 2, "split": "eval", "accuracy": 0.1, key: early},
+            {"step": steps, "split": "eval", "accuracy": 0.9, key: grads}]  # fmt: skip
+    (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (wd / "train.log").write_text(" model    toy  1,234 parameters\n")
+    (wd / "sweep_status.json").write_text(json.dumps({"exit_code": 0, "elapsed_s": 3.0}))
+
+
+def _sweep(tmp_path):
+    """An experiment folder (sweep.py + README.md) and its sweep dir with two groups."""
+    exp = tmp_path / "experiments" / "study"
+    exp.mkdir(parents=True)
+    (exp / "sweep.py").write_text(
+        "from cnnjax.tools.sweep import Point\n\n"
+        "def get_sweep():\n"
+        "    return [Point(f'{g}_s{s}', 'configs/x.py', seed=s)\n"
+        "            for g in ('a', 'b') for s in (0, 1)]\n"
+    )
+    sweep_dir = tmp_path / "runs" / "sweeps" / "study"
+    _run(sweep_dir, "a_s0", 0, [1e-6, 1e-3, 1.0])
+    _run(sweep_dir, "a_s1", 1, [3e-6, 3e-3, 1.0])
+    _run(sweep_dir, "b_s0", 0, [0.5, 0.6, 1.0])
+    _run(sweep_dir, "b_s1", 1, [0.7, 0.8, 1.0])
+    return exp, sweep_dir
+
+
+def test_a_list_metric_gets_a_profile_of_its_final_values(tmp_path, monkeypatch):
+    exp, sweep_dir = _sweep(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the default sweep dir is runs/sweeps/<experiment folder>
+    captured = {}
+    real = report.plot_profile
+
+    def spy(groups, key, path):
+        captured[key] = {g.name: [report.final_list(r, key) for r in g.done] for g in groups}
+        return real(groups, key, path)
+
+    monkeypatch.setattr(report, "plot_profile", spy)
+    report.report(exp / "sweep.py")
+    assert (sweep_dir / "profile_input_grad_norm.png").stat().st_size > 0
+    # The final eval's lists (step 4), not the earlier ones (all 9.0).
+    assert captured["input_grad_norm"]["a"] == [[1e-6, 1e-3, 1.0], [3e-6, 3e-3, 1.0]]
+    assert not (sweep_dir / "eval_input_grad_norm.png").exists()  # lists are not curves
+
+
+def test_readme_gets_the_table_and_figures_pasted_between_its_markers(tmp_path, monkeypatch):
+    exp, sweep_dir = _sweep(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    readme = exp / "README.md"
+    readme.write_text(
+        "# Study\n\nbefore\n<!-- report:start -->\nold table\n<!-- report:end -->\nafter\n"
+    )
+    proc = _cli(tmp_path, "experiments/study/sweep.py", "--readme")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Study\n\nbefore\n") and "after" in text
+    block = text.split("<!-- report:start -->")[1].split("<!-- report:end -->")[0]
+    assert proc.stdout.strip() in block  # the printed table, verbatim
+    assert (
+        "| a | 2/2 |" in block
+        and "![profile_input_grad_norm](profile_input_grad_norm.png)" in block
+    )
+    for name in ("train_loss.png", "eval_accuracy.png", "profile_input_grad_norm.png"):
+        assert (exp / name).stat().st_size > 0, name
+    # Twice: the same README (the block is replaced, not appended).
+    assert _cli(tmp_path, "experiments/study/sweep.py", "--readme").returncode == 0
+    assert readme.read_text().count("<!-- report:start -->") == 1
+
+
+def test_readme_without_markers_or_without_a_sweep_file_is_an_error(tmp_path, monkeypatch):
+    exp, sweep_dir = _sweep(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (exp / "README.md").write_text("# Study\n")
+    with pytest.raises(ConfigError, match="has no <!-- report:start -->"):
+        report.report(exp / "sweep.py", readme=True)
+    with pytest.raises(ConfigError, match="needs the sweep.py"):
+        report.report(sweep_dir, readme=True)
+
+
+def test_python_dash_m_cnnjax_report_is_the_report_cli(tmp_path, monkeypatch):
+    exp, sweep_dir = _sweep(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "cnnjax.report", str(sweep_dir)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| a | 2/2 |" in proc.stdout and (sweep_dir / "report.csv").exists()
