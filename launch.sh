@@ -8,7 +8,7 @@
 #   ./launch.sh chaos [--kills=N]   (a smoke run under N random kill -9s ends bitwise equal)
 #   ./launch.sh sweep experiments/NAME/sweep.py [--parallel=N] [--dry-run] [--point-index=I]
 #       [--slurm [--wait] [--cpus-per-task=C] [--mem=M] [--time=T] [--slurm-arg=OPT ...]]
-#   ./launch.sh report experiments/NAME/sweep.py|SWEEP_DIR [--out=DIR]
+#   ./launch.sh report experiments/NAME/sweep.py|SWEEP_DIR [--out=DIR] [--readme]
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -71,7 +71,7 @@ case "$cmd" in
   evaluate) bootstrap; exec "$VENV/bin/python" -m cnnjax.evaluate "$@" ;;
   test)
     bootstrap dev,torch  # torch/torchvision: the weight-conversion parity tests
-    "$VENV/bin/ruff" check cnnjax configs tests experiments
+    "$VENV/bin/ruff" check cnnjax configs tests experiments notebooks
     # Two pytest-xdist workers: the suite is mostly XLA compiles and subprocess runs
     # (14 min on 2 cores with -n 2; CNNJAX_TEST_WORKERS=0 runs it in one process).
     exec "$VENV/bin/python" -m pytest -n "${CNNJAX_TEST_WORKERS:-2}" "$@" ;;

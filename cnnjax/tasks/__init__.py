@@ -16,9 +16,7 @@ from cnnjax.tasks.segmentation import Segmentation
 
 __all__ = ["Loss", "Task", "apply_model", "create", "names", "options", "register"]
 
-_REGISTRY: dict[str, type] = {
-    t.name: t for t in (Classification, Reconstruction, Segmentation)
-}
+_REGISTRY: dict[str, type] = {t.name: t for t in (Classification, Reconstruction, Segmentation)}
 _BASE_FIELDS = {f.name for f in dataclasses.fields(Task)}
 
 

@@ -6,9 +6,8 @@ import numpy as np
 def figure(rows: int, cols: int, cell: float = 1.6):
     """A matplotlib Figure with a rows x cols grid of axes without ticks -> (fig, axes
     [rows, cols])."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # A bare Figure needs no backend (savefig picks Agg for PNG), and choosing one here would
+    # switch a notebook's pyplot away from its inline backend.
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(cols * cell, rows * cell + 0.3), layout="constrained")
