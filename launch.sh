@@ -3,7 +3,8 @@
 #   ./launch.sh train --config=configs/resnet34.py --workdir=runs/resnet34 [--config.x=y ...]
 #   ./launch.sh evaluate --workdir=runs/resnet34
 #   ./launch.sh test [pytest args]
-#   ./launch.sh test-zoo [pytest args]   (the zoo entries the suite leaves out; CI's 2nd stage)
+#   ./launch.sh test-zoo [pytest args]   (tests marked zoo_full: the zoo entries and smoke runs
+#       the suite leaves out; CI's 2nd stage)
 #   ./launch.sh bench [--models=a,b] [--mode=train|eval|both] [--batch=N] [--json]
 #   ./launch.sh chaos [--kills=N]   (a smoke run under N random kill -9s ends bitwise equal)
 #   ./launch.sh sweep experiments/NAME/sweep.py [--parallel=N] [--dry-run] [--point-index=I]
@@ -77,8 +78,7 @@ case "$cmd" in
     exec "$VENV/bin/python" -m pytest -n "${CNNJAX_TEST_WORKERS:-2}" "$@" ;;
   test-zoo)
     bootstrap dev
-    exec "$VENV/bin/python" -m pytest -n "${CNNJAX_TEST_WORKERS:-2}" -m zoo_full \
-      tests/test_zoo_train.py "$@" ;;
+    exec "$VENV/bin/python" -m pytest -n "${CNNJAX_TEST_WORKERS:-2}" -m zoo_full "$@" ;;
   chaos) bootstrap; exec "$VENV/bin/python" -m cnnjax.tools.chaos "$@" ;;
   sweep) bootstrap; exec "$VENV/bin/python" -m cnnjax.tools.sweep "$@" ;;
   report) bootstrap; exec "$VENV/bin/python" -m cnnjax.tools.report "$@" ;;

@@ -9,6 +9,11 @@ paper's 6/12/18 at stride 16 (doubled at 8) are for 513 px crops, where they spa
 fraction of the map; at 8x8 they would only ever hit padding. Arguments: `resnet50` (the
 paper's / torchvision's backbone and rates 12/24/36 at stride 8: `deeplabv3_resnet50`'s
 exact layers), `os16` (output stride 16), `pets` (Oxford-IIIT Pet trimaps at 128 px), `smoke`.
+
+Measured (2026-12-01, 2-core CPU): test **mIoU 0.8345** (pixel accuracy 0.981, per-class IoU
+0.76-0.88 over the digits, background 0.98) after 1,200 steps in 29m40s — on a machine shared
+with other jobs (load average 5-9); the step alone is 768 ms at batch 16 on an idle machine
+(about 16 minutes for the run).
 """
 
 from cnnjax.config import base as configlib

@@ -6,9 +6,12 @@ import pytest
 from cnnjax.engine import trainer
 from tests.conftest import load_config
 
+# FCN-32s and FCN-16s are FCN-8s with fewer skips (tests/test_fcn.py checks each on its
+# own): their smoke runs (~50 s each) go to CI's second stage (`./launch.sh test-zoo`).
+SECOND_STAGE = pytest.mark.zoo_full
 CONFIGS = [
-    ("configs/fcn.py", "32s,smoke"),
-    ("configs/fcn.py", "16s,smoke"),
+    pytest.param("configs/fcn.py", "32s,smoke", marks=SECOND_STAGE, id="fcn:32s,smoke"),
+    pytest.param("configs/fcn.py", "16s,smoke", marks=SECOND_STAGE, id="fcn:16s,smoke"),
     ("configs/fcn.py", "8s,smoke"),
     ("configs/deconvnet.py", "smoke"),
     ("configs/unet.py", "smoke"),
@@ -16,7 +19,11 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("path,arg", CONFIGS, ids=[f"{p[8:-3]}:{a}" for p, a in CONFIGS])
+def _id(case) -> str:
+    return case.id if hasattr(case, "id") else f"{case[0][8:-3]}:{case[1]}"
+
+
+@pytest.mark.parametrize("path,arg", CONFIGS, ids=[_id(c) for c in CONFIGS])
 def test_segmentation_config_smoke_trains_and_evaluates(tmp_path, path, arg):
     config = load_config(path, arg)
     assert config.task.name == "segmentation" and config.data.name == "digits_scenes"
