@@ -4,7 +4,9 @@ line), classifying from its last state.
 
     ./launch.sh train --config=configs/cnn_lstm.py --workdir=runs/cnn_lstm
 
-Accuracy: not measured yet. Arguments: `smoke` (seconds, for tests).
+Measured (2026-12-01, 2-core CPU shared with a sweep of two runs): test accuracy **99.72%**
+(358 / 359) after 1,500 steps in 3m02s (3m26s with start-up). Arguments: `smoke` (seconds,
+for tests).
 
 Digits upsampled to 16 px (as configs/resnet34.py): conv 32 at stride 1, conv 64 at stride 2,
 an 8x8x64 map, so 8 steps of 8*64 = 512 features into 128 LSTM units. The conv part follows

@@ -3,8 +3,10 @@ sequence: the baseline the gated cells of configs/lstm.py and configs/gru.py imp
 
     ./launch.sh train --config=configs/rnn.py --workdir=runs/rnn
 
-Accuracy: not measured yet. Arguments: `rows` (default: 8 steps of 8 pixels), `pixels` (64
-steps of 1 pixel, where a tanh RNN's gradients vanish), `relu` (Le et al. 2015's IRNN: relu
+Measured (2026-12-01, 2-core CPU, experiments/rnn_lstm_gru, seed 0): test accuracy 97.77%
+row by row (2,000 steps, 3m41s), 85.52% pixel by pixel (4,000 steps, ~6m25s of training),
+90.25% pixel by pixel with `relu` (3m08s). Arguments: `rows` (default: 8 steps of 8
+pixels), `pixels` (64 steps of 1 pixel, the long-range read), `relu` (Le et al. 2015's IRNN: relu
 units, the recurrent kernel initialised to the identity and the input kernel to
 N(0, 0.001^2)), `smoke` (seconds, for tests); `relu` combines with either read.
 
