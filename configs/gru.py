@@ -16,39 +16,12 @@ to the LSTM's four, so about 3/4 of its recurrent parameters.
 
 from cnnjax.config import base as configlib
 
-READS = ("rows", "pixels")
-
 
 def get_config(arg=None):
-    tokens = configlib.parse_arg(arg, {*READS, "smoke"})
-    reads = [t for t in READS if t in tokens]
-    if len(reads) > 1:
-        raise configlib.ConfigError(f"choose one read of {list(READS)}, got {reads}")
-    read = reads[0] if reads else "rows"
+    tokens = configlib.parse_arg(arg, {*configlib.SEQUENCE_READS, "smoke"})
+    read = configlib.sequence_read(tokens)
     c = configlib.base_config()
-    c.model.name = "gru"
-    c.model.kwargs.read = read
-    # Per-time-step input gradients at every evaluation, for the read the model makes: a
-    # one-way reference (--config.model.kwargs.read=pixels moves it too;
-    # --config.task.kwargs.step_grads='' turns it off and leaves the read alone).
-    c.task.kwargs.step_grads = c.model.kwargs.get_ref("read") + ""
-    c.model.kwargs.hidden_size = 128
-    c.model.kwargs.num_layers = 1
-    c.model.kwargs.bidirectional = False
-    c.data.name = "digits"
-    c.data.image_size = 8  # the digits' own size: one row (or pixel) per time step
-    c.data.batch_size = 128
-    c.optim.name = "adamw"
-    c.optim.learning_rate = 3e-3 if read == "rows" else 2e-3
-    c.optim.weight_decay = 1e-4
-    c.optim.weight_decay_on = "kernels"
-    c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 100
-    c.optim.grad_clip_norm = 1.0  # backpropagation through time explodes (Pascanu et al. 2013)
-    c.train.num_steps = 2000 if read == "rows" else 4000
-    c.train.log_every_steps = 100
-    c.train.checkpoint_every_steps = 500
-    c.eval.every_steps = 500
+    configlib.sequence_on_digits(c, "gru", read, lr=3e-3 if read == "rows" else 2e-3)
     if "smoke" in tokens:
         configlib.apply_smoke(c)
     return c.lock()

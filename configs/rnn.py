@@ -19,42 +19,14 @@ examples/mnist_irnn.py: 100 units, identity recurrent init, clip norm 1) needed 
 
 from cnnjax.config import base as configlib
 
-READS = ("rows", "pixels")
-
 
 def get_config(arg=None):
-    tokens = configlib.parse_arg(arg, {*READS, "relu", "smoke"})
-    reads = [t for t in READS if t in tokens]
-    if len(reads) > 1:
-        raise configlib.ConfigError(f"choose one read of {list(READS)}, got {reads}")
-    read = reads[0] if reads else "rows"
-    irnn = "relu" in tokens
+    tokens = configlib.parse_arg(arg, {*configlib.SEQUENCE_READS, "relu", "smoke"})
+    read, irnn = configlib.sequence_read(tokens), "relu" in tokens
     c = configlib.base_config()
-    c.model.name = "rnn"
-    c.model.kwargs.read = read
-    # Per-time-step input gradients at every evaluation, for the read the model makes: a
-    # one-way reference (--config.model.kwargs.read=pixels moves it too;
-    # --config.task.kwargs.step_grads='' turns it off and leaves the read alone).
-    c.task.kwargs.step_grads = c.model.kwargs.get_ref("read") + ""
-    c.model.kwargs.hidden_size = 128
-    c.model.kwargs.num_layers = 1
-    c.model.kwargs.bidirectional = False
+    configlib.sequence_on_digits(c, "rnn", read, lr=1e-3 if irnn else 2e-3)
     c.model.kwargs.activation = "relu" if irnn else "tanh"
     c.model.kwargs.cell_init = "irnn" if irnn else "flax"
-    c.data.name = "digits"
-    c.data.image_size = 8  # the digits' own size: one row (or pixel) per time step
-    c.data.batch_size = 128
-    c.optim.name = "adamw"
-    c.optim.learning_rate = 1e-3 if irnn else 2e-3
-    c.optim.weight_decay = 1e-4
-    c.optim.weight_decay_on = "kernels"
-    c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 100
-    c.optim.grad_clip_norm = 1.0  # backpropagation through time explodes (Pascanu et al. 2013)
-    c.train.num_steps = 2000 if read == "rows" else 4000
-    c.train.log_every_steps = 100
-    c.train.checkpoint_every_steps = 500
-    c.eval.every_steps = 500
     if "smoke" in tokens:
         configlib.apply_smoke(c)
     return c.lock()

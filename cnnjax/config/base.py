@@ -119,6 +119,46 @@ def segmentation_on_scenes(c: ml_collections.ConfigDict) -> None:
     c.train.log_every_steps = 50
 
 
+SEQUENCE_READS = ("rows", "pixels")
+
+
+def sequence_read(tokens: set[str]) -> str:
+    """The one read ('rows', the default, or 'pixels') a sequence config's arguments name."""
+    reads = [t for t in SEQUENCE_READS if t in tokens]
+    if len(reads) > 1:
+        raise ConfigError(f"choose one read of {list(SEQUENCE_READS)}, got {reads}")
+    return reads[0] if reads else "rows"
+
+
+def sequence_on_digits(c: ml_collections.ConfigDict, model: str, read: str, lr: float) -> None:
+    """A recurrent classifier `model` (128 units, one layer) reading the embedded 8x8 digits
+    by `read`: AdamW with a cosine schedule at `lr`, gradients clipped at global norm 1
+    (backpropagation through time explodes, Pascanu et al. 2013), 2,000 steps row by row and
+    4,000 pixel by pixel. Every evaluation logs the per-time-step input gradients of that
+    read: a one-way reference (--config.model.kwargs.read=pixels moves it too;
+    --config.task.kwargs.step_grads='' turns it off and leaves the read alone)."""
+    c.model.name = model
+    c.model.kwargs.read = read
+    c.task.kwargs.step_grads = c.model.kwargs.get_ref("read") + ""
+    c.model.kwargs.hidden_size = 128
+    c.model.kwargs.num_layers = 1
+    c.model.kwargs.bidirectional = False
+    c.data.name = "digits"
+    c.data.image_size = 8  # the digits' own size: one row (or pixel) per time step
+    c.data.batch_size = 128
+    c.optim.name = "adamw"
+    c.optim.learning_rate = lr
+    c.optim.weight_decay = 1e-4
+    c.optim.weight_decay_on = "kernels"
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 100
+    c.optim.grad_clip_norm = 1.0
+    c.train.num_steps = 2000 if read == "rows" else 4000
+    c.train.log_every_steps = 100
+    c.train.checkpoint_every_steps = 500
+    c.eval.every_steps = 500
+
+
 def segmentation_on_pets(c: ml_collections.ConfigDict, image_size: int = 128) -> None:
     """Oxford-IIIT Pet's trimaps (tfds `oxford_iiit_pet`, prepared as ArrayRecord): pet vs
     background, the trimap's border pixels ignored; flips allowed."""
