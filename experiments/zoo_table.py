@@ -6,8 +6,10 @@ registered model at its usual input, from `cnnjax.analysis.arithmetic`).
 
 ImageNet models at 224 px, 1000 classes (Xception 299 px); CIFAR nets at 32 px, 10 classes;
 LeNet-5 at 32x32x1, 10 classes; the autoencoder at 16x16x1 (as configs/autoencoder.py);
-segmentation models at 224 px with 21 classes (PASCAL VOC); the recurrent models on the
-8x8 digits read row by row (cnn_lstm at 16 px), 10 classes.
+segmentation models at 224 px with 21 classes (PASCAL VOC); the detectors at their papers'
+inputs with PASCAL VOC's 20 classes (YOLO v1 448 px, SSD 300 px, the two-stage detector
+512 px); the recurrent models on the 8x8 digits read row by row (cnn_lstm at 16 px), 10
+classes.
 """
 
 import argparse
@@ -16,6 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+
+DETECTION_INPUTS = {"yolo_v1": 448, "ssd": 300, "two_stage": 512, "faster_rcnn": 512}
 
 
 def input_for(name: str) -> tuple[tuple[int, int, int], int]:
@@ -30,6 +35,8 @@ def input_for(name: str) -> tuple[tuple[int, int, int], int]:
         return (299, 299, 3), 1000
     if name in _segmentation():
         return (224, 224, 3), 21  # PASCAL VOC's classes
+    if name in DETECTION_INPUTS:
+        return (DETECTION_INPUTS[name],) * 2 + (3,), 20  # PASCAL VOC's classes
     if name == "cnn_lstm":
         return (16, 16, 1), 10  # as configs/cnn_lstm.py
     if name in ("rnn", "lstm", "gru"):

@@ -119,6 +119,41 @@ def segmentation_on_scenes(c: ml_collections.ConfigDict) -> None:
     c.train.log_every_steps = 50
 
 
+
+def detection_on_scenes(c: ml_collections.ConfigDict, task: str, **task_kwargs) -> None:
+    """Object detection (task `task`, a detector) on the embedded `digits_scenes` (64 px,
+    0-4 digits per scene, ten classes): ground truth padded to 4 boxes, small random shifts
+    (no flips: a mirrored digit is another symbol); AdamW with a cosine schedule."""
+    set_task(c, task, **{"max_boxes": 4, **task_kwargs})
+    c.data.name = "digits_scenes"
+    c.data.image_size = 64
+    c.data.batch_size = 16
+    c.data.aug.crop_padding = 4
+    c.optim.name = "adamw"
+    c.optim.learning_rate = 1e-3
+    c.optim.weight_decay = 1e-4
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 100
+    c.train.log_every_steps = 50
+
+
+def detection_on_voc(c: ml_collections.ConfigDict, image_size: int) -> None:
+    """PASCAL VOC 2007 (tfds `voc/2007`, prepared as ArrayRecord: train on `train+validation`,
+    evaluate on `test`) at `image_size` px: 20 classes from `objects/label`, boxes from
+    `objects/bbox`, difficult objects dropped from the ground truth, at most 56 boxes per image
+    (VOC 2007 has up to 42), flips and scale jitter."""
+    c.task.kwargs.boxes_key = "objects/bbox"
+    c.task.kwargs.classes_key = "objects/label"
+    c.task.kwargs.ignore_key = "objects/is_difficult"
+    c.task.kwargs.max_boxes = 56
+    c.task.kwargs.too_many = "drop"
+    c.task.kwargs.scale_jitter = 0.2
+    c.data.name = "voc/2007"
+    c.data.train_split = "train+validation"
+    c.data.image_size = image_size
+    c.data.aug.flip = True
+    c.data.aug.crop_padding = 0
+
 SEQUENCE_READS = ("rows", "pixels")
 
 

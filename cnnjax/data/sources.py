@@ -154,7 +154,15 @@ def _builder(name: str, data_dir: str):
             f"({', '.join(sorted(embedded))}) or a tensorflow-datasets catalogue name (e.g. "
             "cifar10, cifar100, imagenet2012)."
         )
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # tfds re-raises a builder's import errors as RuntimeError
+        if "No module named 'tensorflow'" not in str(e):
+            raise
+        raise ConfigError(
+            f"tensorflow-datasets' builder for '{name}' needs TensorFlow to describe its "
+            "features (e.g. coco's): `pip install tensorflow` into this environment"
+        ) from e
     if not builder.is_prepared():
         raise ConfigError(
             f"dataset '{name}' is not prepared in {data_dir}. Prepare it once as ArrayRecord on a "
@@ -168,7 +176,10 @@ def _builder(name: str, data_dir: str):
 def _source(builder, split: str):
     name = builder.info.full_name
     known = list(builder.info.splits)
-    if known and split not in known:  # split info can be absent (e.g. tfds mock data)
+    # split info can be absent (e.g. tfds mock data); 'train+validation' and 'train[:10%]'
+    # name their parts
+    parts = [p.split("[")[0] for p in split.split("+")]
+    if known and any(p not in known for p in parts):
         raise ConfigError(f"dataset '{name}' has no split '{split}'; splits: {sorted(known)}")
     try:
         source = builder.as_data_source(split)

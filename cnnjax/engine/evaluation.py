@@ -41,7 +41,9 @@ def merge_processes(task, acc):
 def evaluate(run, steps, state, *, source=None, max_examples=None, stop=None, samples=None):
     """Exact metrics of the task over the (padded) eval split -> dict, or None if `stop()`
     became true (preemption) before the split was done. `samples`: a PNG path for the first
-    `eval.num_samples` real examples of process 0 drawn with their predictions."""
+    `eval.num_samples` real examples of process 0 drawn with their predictions; the
+    accumulator's own files (e.g. detection's per-class AP table and PR curves) go next to
+    it, named after it."""
     ds, _ = eval_batches(run, source, max_examples)
     acc = run.task.metric()
     for i, batch in enumerate(ds):
@@ -51,7 +53,11 @@ def evaluate(run, steps, state, *, source=None, max_examples=None, stop=None, sa
         acc.add(sharding.local_rows(steps.eval(state, global_batch)))
         if i == 0 and samples is not None and run.config.eval.num_samples > 0:
             draw_samples(run, steps, state, batch, global_batch, Path(samples))
-    return merge_processes(run.task, acc).result()
+    total = merge_processes(run.task, acc)
+    metrics = total.result()
+    if samples is not None and run.is_main:
+        total.write_files(Path(samples).parent, Path(samples).stem)
+    return metrics
 
 
 def draw_samples(run, steps, state, batch: dict, global_batch, path: Path) -> None:

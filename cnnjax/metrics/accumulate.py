@@ -31,6 +31,12 @@ class Accumulator(abc.ABC):
     def merge(self, other: "Accumulator") -> None:
         self.merge_state(other.state())
 
+    def write_files(self, directory, stem: str) -> list:
+        """Writes what the metrics look like beyond numbers (tables, curves) into
+        `directory` as `<stem>_*` files -> their paths. Nothing by default."""
+        del directory, stem
+        return []
+
 
 class MaskedSums(Accumulator):
     """Sums every output over real examples in float64: an output [B, ...] adds

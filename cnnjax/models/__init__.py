@@ -15,6 +15,7 @@ from cnnjax.models import (
     alexnet,
     autoencoder,
     densenet,
+    detection,
     efficientnet,
     googlenet,
     lenet,
@@ -46,6 +47,7 @@ _REGISTRY: dict[str, Callable] = {
     **shufflenet.MODELS,
     **autoencoder.MODELS,
     **segmentation.MODELS,
+    **detection.MODELS,
     **sequence.MODELS,
 }
 
