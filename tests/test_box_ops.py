@@ -283,6 +283,20 @@ def test_roi_pool_matches_torchvision_with_feature_gradient():
     np.testing.assert_allclose(R.roi_pool(x, halves, 1, 0.5), want, atol=1e-6)
 
 
+
+def test_roi_pool_matches_torchvision_on_many_boxes_of_every_size():
+    """Boxes from one cell to larger than the map, partly or wholly outside it, bins of one
+    cell to the whole map: the sparse-table lookups equal torchvision's loops."""
+    x = np.random.default_rng(21).standard_normal((19, 23, 4)).astype(np.float32)
+    rng = np.random.default_rng(22)
+    lo = rng.uniform(-10, 45, (80, 2))
+    boxes = np.concatenate([lo, lo + rng.uniform(0, 60, (80, 2))], 1).astype(np.float32)
+    cot = rng.standard_normal((80, 3, 5, 4)).astype(np.float32)
+    want, want_grad = _torch_roi(tv.roi_pool, x, boxes, cot, output_size=(3, 5), spatial_scale=0.5)
+    f = jax.jit(lambda x, b: jnp.sum(R.roi_pool(x, b, (3, 5), 0.5) * cot))
+    np.testing.assert_allclose(R.roi_pool(x, boxes, (3, 5), 0.5), want, atol=1e-6)
+    np.testing.assert_allclose(jax.grad(f)(x, boxes), want_grad, atol=1e-5)
+
 def test_spatial_pyramid_pool_whole_map_and_boxes():
     x = _feature(17)
     got = R.spatial_pyramid_pool(x, levels=(1, 2, 3))

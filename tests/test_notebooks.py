@@ -18,6 +18,11 @@ NOTEBOOKS = ROOT / "notebooks"
 RUNS = {
     "classification": ("configs/resnet20_cifar.py", "digits,smoke", {"data.image_size": 16}),
     "autoencoder": ("configs/autoencoder.py", "smoke", {}),
+    "detection": (
+        "configs/yolo_v1.py",
+        "smoke",
+        {"model.kwargs.head_width": 16, "model.kwargs.hidden": 32, "data.batch_size": 4},
+    ),
     "segmentation": (
         "configs/unet.py",
         "smoke",

@@ -119,7 +119,6 @@ def segmentation_on_scenes(c: ml_collections.ConfigDict) -> None:
     c.train.log_every_steps = 50
 
 
-
 def detection_on_scenes(c: ml_collections.ConfigDict, task: str, **task_kwargs) -> None:
     """Object detection (task `task`, a detector) on the embedded `digits_scenes` (64 px,
     0-4 digits per scene, ten classes): ground truth padded to 4 boxes, small random shifts
@@ -153,6 +152,7 @@ def detection_on_voc(c: ml_collections.ConfigDict, image_size: int) -> None:
     c.data.image_size = image_size
     c.data.aug.flip = True
     c.data.aug.crop_padding = 0
+
 
 SEQUENCE_READS = ("rows", "pixels")
 

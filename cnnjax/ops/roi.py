@@ -110,8 +110,10 @@ def roi_align(
 
 def _bin_max(feature, rows, cols):
     """Max of feature [H, W, C] over bins given by masks rows [R, P, H] and cols [R, Q, W]
-    -> [R, P, Q, C], 0 in empty bins. Columns first, then rows: the masked maxima fuse into
-    their reductions, O(R * Q * H * W * C) work and no [R, P, Q, H, W, C] array.
+    -> [R, P, Q, C], 0 in empty bins. Each bin must be one contiguous run of cells (as the
+    RoI bins are). Columns first, then rows: the masked maxima fuse into their reductions,
+    O(R * Q * H * W * C) work and no [R, P, Q, H, W, C] array; see `_range_max` for the
+    O(H * W * C * log H * log W + R * P * Q * C) alternative used by `roi_pool`.
     """
     neg = jnp.array(-jnp.inf, feature.dtype)
     by_col = jnp.max(jnp.where(cols[:, :, None, :, None], feature[None, None], neg), axis=3)
@@ -120,25 +122,85 @@ def _bin_max(feature, rows, cols):
     return jnp.where(empty[..., None], jnp.zeros((), feature.dtype), out)
 
 
+def _levels(n: int) -> int:
+    """Sparse-table levels of a length-n axis: windows 1, 2, 4, ... <= n."""
+    return n.bit_length()
+
+
+def _sparse_table(feature):
+    """[H, W, C] -> [KH, KW, H, W, C]: entry (k, l, h, w) is the max over rows
+    h .. h + 2^k - 1 and columns w .. w + 2^l - 1 (clipped to the map)."""
+    h, w, _ = feature.shape
+    neg = jnp.array(-jnp.inf, feature.dtype)
+    rows = [feature]
+    for k in range(1, _levels(h)):
+        prev, step = rows[-1], 1 << (k - 1)
+        shifted = jnp.concatenate([prev[step:], jnp.full_like(prev[:step], neg)], axis=0)
+        rows.append(jnp.maximum(prev, shifted))
+    table = []
+    for r in rows:
+        cols = [r]
+        for k in range(1, _levels(w)):
+            prev, step = cols[-1], 1 << (k - 1)
+            shifted = jnp.concatenate([prev[:, step:], jnp.full_like(prev[:, :step], neg)], 1)
+            cols.append(jnp.maximum(prev, shifted))
+        table.append(jnp.stack(cols))
+    return jnp.stack(table)
+
+
+def _floor_log2(n):
+    """floor(log2(n)) of int32 n >= 1, exactly (no float rounding)."""
+    bits = jnp.arange(31, dtype=jnp.int32)
+    return jnp.sum((n[..., None] >> bits) > 1, axis=-1).astype(jnp.int32)
+
+
+def _range_max(feature, r0, r1, c0, c1):
+    """Max of feature [H, W, C] over rows [r0, r1) x columns [c0, c1) for int32 bounds
+    r0, r1 [R, P] and c0, c1 [R, Q] -> [R, P, Q, C], 0 in empty bins.
+
+    Four lookups per bin in a 2-D sparse table of power-of-two windows (two overlapping
+    windows cover any run). The gradient reaches the maxima through the lookups (exact ties
+    share it).
+    """
+    table = _sparse_table(feature)
+    lr = jnp.maximum(r1 - r0, 1)
+    lc = jnp.maximum(c1 - c0, 1)
+    kr, kc = _floor_log2(lr), _floor_log2(lc)
+    top, bottom = r0, r0 + lr - (1 << kr)  # [R, P]
+    left, right = c0, c0 + lc - (1 << kc)  # [R, Q]
+    k, l = kr[:, :, None], kc[:, None, :]
+    t, b = top[:, :, None], bottom[:, :, None]
+    lf, rt = left[:, None, :], right[:, None, :]
+    out = jnp.maximum(
+        jnp.maximum(table[k, l, t, lf], table[k, l, t, rt]),
+        jnp.maximum(table[k, l, b, lf], table[k, l, b, rt]),
+    )
+    empty = (r1 <= r0)[:, :, None] | (c1 <= c0)[:, None, :]
+    return jnp.where(empty[..., None], jnp.zeros((), feature.dtype), out)
+
+
 def _round(x):
     """C's round(): halves away from zero (jnp.round rounds them to even)."""
     return jnp.sign(x) * jnp.floor(jnp.abs(x) + 0.5)
 
 
-def _roi_bins(start, end, bins: int, size: int):
-    """torchvision roi_pool's bins along one axis -> mask [R, bins, size] of the cells in each.
+def _roi_bounds(start, end, bins: int, size: int):
+    """torchvision roi_pool's bins along one axis -> (first, last) [R, bins] int32: bin p
+    holds cells first .. last - 1 (empty when last <= first).
 
     The box spans cells round(start) .. round(end) inclusive (at least one); bin p covers
     [floor(p * L / bins), ceil((p + 1) * L / bins)) from there, clipped to the map.
+    The bin edges are computed in exact integer arithmetic (floor(p L / bins) as
+    (p L) // bins), which is what torchvision's float arithmetic gives for these small
+    integers; a float product such as 3 * (7 / 3) may land just above 7 under XLA's fused
+    division and widen a bin by a cell.
     """
-    lo = _round(start)
-    length = jnp.maximum(_round(end) - lo + 1, 1.0)
-    step = (length / bins)[:, None]
-    p = jnp.arange(bins, dtype=jnp.float32)[None, :]
-    first = jnp.clip(jnp.floor(p * step) + lo[:, None], 0, size)
-    last = jnp.clip(jnp.ceil((p + 1) * step) + lo[:, None], 0, size)
-    cell = jnp.arange(size, dtype=jnp.float32)
-    return (cell >= first[..., None]) & (cell < last[..., None])
+    lo = _round(start).astype(jnp.int32)
+    length = jnp.maximum(_round(end).astype(jnp.int32) - lo + 1, 1)[:, None]
+    p = jnp.arange(bins, dtype=jnp.int32)[None, :]
+    first = jnp.clip((p * length) // bins + lo[:, None], 0, size)
+    last = jnp.clip(-((-(p + 1) * length) // bins) + lo[:, None], 0, size)
+    return first, last
 
 
 def roi_pool(feature, boxes, output_size: int | Sequence[int], spatial_scale: float = 1.0):
@@ -148,14 +210,15 @@ def roi_pool(feature, boxes, output_size: int | Sequence[int], spatial_scale: fl
     (out_h, out_w); spatial_scale: 1 / stride. torchvision's legacy arithmetic: the scaled
     corners are rounded (halves away from zero) and the box covers cells y1..y2 inclusive.
     Returns [R, out_h, out_w, C] in feature.dtype, 0 in bins that fall off the map. The
-    gradient goes to each bin's maximum (split evenly between exact ties, where torchvision
-    picks the first).
+    gradient goes to each bin's maximum (shared between exact ties, where torchvision picks
+    the first). Cost: a sparse table of the map (log H * log W copies) and four lookups per
+    bin, independent of the box sizes.
     """
     out_h, out_w = _pair(output_size, "roi_pool output_size")
     b = _check(feature, boxes, spatial_scale, "roi_pool")
-    rows = _roi_bins(b[:, 0], b[:, 2], out_h, feature.shape[0])
-    cols = _roi_bins(b[:, 1], b[:, 3], out_w, feature.shape[1])
-    return _bin_max(feature, rows, cols)
+    r0, r1 = _roi_bounds(b[:, 0], b[:, 2], out_h, feature.shape[0])
+    c0, c1 = _roi_bounds(b[:, 1], b[:, 3], out_w, feature.shape[1])
+    return _range_max(feature, r0, r1, c0, c1)
 
 
 def _adaptive_mask(size: int, bins: int):
