@@ -283,7 +283,6 @@ def test_roi_pool_matches_torchvision_with_feature_gradient():
     np.testing.assert_allclose(R.roi_pool(x, halves, 1, 0.5), want, atol=1e-6)
 
 
-
 def test_roi_pool_matches_torchvision_on_many_boxes_of_every_size():
     """Boxes from one cell to larger than the map, partly or wholly outside it, bins of one
     cell to the whole map: the sparse-table lookups equal torchvision's loops."""
@@ -296,6 +295,7 @@ def test_roi_pool_matches_torchvision_on_many_boxes_of_every_size():
     f = jax.jit(lambda x, b: jnp.sum(R.roi_pool(x, b, (3, 5), 0.5) * cot))
     np.testing.assert_allclose(R.roi_pool(x, boxes, (3, 5), 0.5), want, atol=1e-6)
     np.testing.assert_allclose(jax.grad(f)(x, boxes), want_grad, atol=1e-5)
+
 
 def test_spatial_pyramid_pool_whole_map_and_boxes():
     x = _feature(17)

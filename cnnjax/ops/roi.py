@@ -168,12 +168,12 @@ def _range_max(feature, r0, r1, c0, c1):
     kr, kc = _floor_log2(lr), _floor_log2(lc)
     top, bottom = r0, r0 + lr - (1 << kr)  # [R, P]
     left, right = c0, c0 + lc - (1 << kc)  # [R, Q]
-    k, l = kr[:, :, None], kc[:, None, :]
+    kh, kw = kr[:, :, None], kc[:, None, :]
     t, b = top[:, :, None], bottom[:, :, None]
     lf, rt = left[:, None, :], right[:, None, :]
     out = jnp.maximum(
-        jnp.maximum(table[k, l, t, lf], table[k, l, t, rt]),
-        jnp.maximum(table[k, l, b, lf], table[k, l, b, rt]),
+        jnp.maximum(table[kh, kw, t, lf], table[kh, kw, t, rt]),
+        jnp.maximum(table[kh, kw, b, lf], table[kh, kw, b, rt]),
     )
     empty = (r1 <= r0)[:, :, None] | (c1 <= c0)[:, None, :]
     return jnp.where(empty[..., None], jnp.zeros((), feature.dtype), out)

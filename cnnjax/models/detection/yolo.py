@@ -8,6 +8,13 @@ of 1024 channels (the second with stride 2), a 4096-unit fully connected layer w
 but the linear output. Here the 20 layers are a registry backbone chosen by name, read at
 `feature_stride`; the head is the paper's, with its widths as fields (BatchNorm after the head
 convolutions unless `norm` is None, which is the paper's).
+
+`head='conv'` replaces the fully connected layers by a 1x1 convolution on an S x S map (the
+four head convolutions all at stride 1, so the backbone map at `feature_stride` must be
+S x S): every cell is predicted from its own neighbourhood with shared weights, as YOLO v2
+later did. Without ImageNet pretraining the paper's fully connected head, which must learn
+every cell's mapping separately, generalises slowly on small data; the digit-scene config
+uses the convolutional head and `:paper` the fully connected one.
 """
 
 import functools
@@ -16,13 +23,16 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnnjax.errors import ConfigError
 from cnnjax.models.detection.common import backbone_maps
 
 ModuleDef = Any
+HEADS = ("fc", "conv")
 
 
 class YoloV1(nn.Module):
-    """YOLO v1 on registry `backbone`: `head_conv{1..4}`, `fc1` (+ dropout), `fc2`."""
+    """YOLO v1 on registry `backbone`: `head_conv{1..4}`, then `fc1` (+ dropout) and `fc2`,
+    or with head='conv' the 1x1 convolution `predict`."""
 
     num_classes: int
     backbone: str = "resnet18"
@@ -33,17 +43,26 @@ class YoloV1(nn.Module):
     hidden: int = 4096
     dropout: float = 0.5
     negative_slope: float = 0.1
+    head: str = "fc"  # the paper's fully connected head | 'conv' (1x1 convolution per cell)
     conv: ModuleDef = nn.Conv
     norm: ModuleDef | None = nn.BatchNorm
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        if self.head not in HEADS:
+            raise ConfigError(f"YOLO v1 head must be one of {HEADS}, got {self.head!r}")
         (y,) = backbone_maps(self, x, train, (self.feature_stride,))
+        if self.head == "conv" and y.shape[1:3] != (self.grid, self.grid):
+            raise ConfigError(
+                f"YOLO v1's conv head needs a {self.grid}x{self.grid} map (the grid); the "
+                f"backbone's map at stride {self.feature_stride} is {y.shape[1]}x{y.shape[2]}"
+            )
+        strides = (1, 2, 1, 1) if self.head == "fc" else (1, 1, 1, 1)
         act = functools.partial(nn.leaky_relu, negative_slope=self.negative_slope)
         conv = functools.partial(self.conv, use_bias=self.norm is None, dtype=self.dtype)
         feats = {"backbone": y}
-        for i, stride in enumerate((1, 2, 1, 1), start=1):
+        for i, stride in enumerate(strides, start=1):
             y = conv(self.head_width, (3, 3), (stride, stride), padding=((1, 1), (1, 1)),
                      name=f"head_conv{i}")(y)  # fmt: skip
             if self.norm is not None:
@@ -51,9 +70,12 @@ class YoloV1(nn.Module):
                               dtype=self.dtype, name=f"head_bn{i}")(y)  # fmt: skip
             y = act(y)
         feats["head"] = y
+        depth = self.boxes_per_cell * 5 + self.num_classes
+        if self.head == "conv":
+            out = conv(depth, (1, 1), use_bias=True, name="predict")(y)
+            return out.astype(jnp.float32), feats
         y = act(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(y.reshape(y.shape[0], -1)))
         feats["pre_logits"] = y = nn.Dropout(self.dropout, deterministic=not train)(y)
-        depth = self.boxes_per_cell * 5 + self.num_classes
         out = nn.Dense(self.grid * self.grid * depth, dtype=self.dtype, name="fc2")(y)
         return out.reshape(-1, self.grid, self.grid, depth).astype(jnp.float32), feats
 
