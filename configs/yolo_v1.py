@@ -20,16 +20,24 @@ def get_config(arg=None):
     configlib.detection_on_scenes(c, "yolo_v1", grid=8)
     c.model.name = "yolo_v1"
     c.model.kwargs.backbone = "resnet18"
-    c.model.kwargs.feature_stride = 16
-    c.model.kwargs.head_width = 256
-    c.model.kwargs.hidden = 512
+    c.model.kwargs.backbone_kwargs = (("stage_sizes", (2, 2)),)  # read at stride 8: cut there
+    c.model.kwargs.feature_stride = 8
+    c.model.kwargs.head = "conv"
+    c.model.kwargs.head_width = 128
+    c.model.kwargs.hidden = 512  # the fully connected head's (:paper)
+    c.optim.learning_rate = 2e-3
     if "paper" in tokens:
+        c.model.kwargs.backbone_kwargs = ()
+        c.model.kwargs.feature_stride = 32
+        c.model.kwargs.head = "fc"
         c.model.kwargs.head_width = 1024
         c.model.kwargs.hidden = 4096
         c.task.kwargs.grid = 7
     if "voc" in tokens:
         configlib.detection_on_voc(c, image_size=448)
+        c.model.kwargs.backbone_kwargs = ()
         c.model.kwargs.feature_stride = 32
+        c.model.kwargs.head = "fc"
         c.task.kwargs.grid = 7
     c.train.num_steps = 3000
     c.train.checkpoint_every_steps = 500

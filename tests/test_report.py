@@ -113,3 +113,20 @@ def test_python_dash_m_cnnjax_report_is_the_report_cli(tmp_path, monkeypatch):
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| a | 2/2 |" in proc.stdout and (sweep_dir / "report.csv").exists()
+
+
+def test_metrics_limits_the_table_and_figures_to_the_chosen_eval_metrics(tmp_path, monkeypatch):
+    exp, sweep_dir = _sweep(tmp_path)
+    for wd in sweep_dir.iterdir():  # a second scalar eval metric next to accuracy
+        rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+        for r in rows:
+            if r["split"] == "eval":
+                r["loss"] = 1.0 - r["accuracy"]
+        (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    full = report.report(exp / "sweep.py")
+    assert "loss final" in full and (sweep_dir / "eval_loss.png").exists()
+    (sweep_dir / "eval_loss.png").unlink()
+    only = report.report(exp / "sweep.py", metrics=("nothing_else",))
+    assert "accuracy final" in only and "| loss final" not in only  # the best metric stays
+    assert not (sweep_dir / "eval_loss.png").exists()

@@ -8,6 +8,7 @@ import pytest
 
 from cnnjax import models
 from cnnjax.engine import trainer
+from cnnjax.errors import ConfigError
 from cnnjax.losses import yolo as Y
 from tests.conftest import load_config
 
@@ -139,6 +140,24 @@ def test_model_output_is_the_grid():
     variables = model.init(jax.random.key(0), x)
     out, feats = model.apply(variables, x)
     assert out.shape == (2, S, S, B * 5 + C) and feats["head"].shape == (2, 2, 2, 16)
+
+
+def test_conv_head_predicts_each_cell_of_a_grid_sized_map_from_a_cut_backbone():
+    kw = dict(num_classes=C, grid=8, backbone="resnet18", feature_stride=8, head="conv",
+              head_width=16, backbone_kwargs=(("stage_sizes", (2, 2)),))  # fmt: skip
+    x = jnp.zeros((2, 64, 64, 1))
+    variables = jax.eval_shape(models.create("yolo_v1", **kw).init, jax.random.key(0), x)
+    assert sorted(variables["params"]["backbone"]) == [
+        "bn1", "conv1", "layer1_0", "layer1_1", "layer2_0", "layer2_1"
+    ]  # fmt: skip
+    assert "predict" in variables["params"] and "fc1" not in variables["params"]
+    out, _ = jax.eval_shape(models.create("yolo_v1", **kw).apply, variables, x)
+    assert out.shape == (2, 8, 8, B * 5 + C)
+    with pytest.raises(ConfigError, match="conv head needs a 7x7 map .* stride 8 is 8x8"):
+        jax.eval_shape(models.create("yolo_v1", **{**kw, "grid": 7}).init, jax.random.key(0), x)
+    with pytest.raises(ConfigError, match="head must be one of"):
+        jax.eval_shape(models.create("yolo_v1", **{**kw, "head": "dense"}).init,
+                       jax.random.key(0), x)  # fmt: skip
 
 
 def test_config_smoke_trains_and_evaluates(tmp_path):

@@ -14,11 +14,12 @@ from cnnjax.tasks.classification import Classification
 from cnnjax.tasks.reconstruction import Reconstruction
 from cnnjax.tasks.segmentation import Segmentation
 from cnnjax.tasks.ssd import SSD
+from cnnjax.tasks.two_stage import TwoStage
 from cnnjax.tasks.yolo import YoloV1
 
 __all__ = ["Loss", "Task", "apply_model", "create", "names", "options", "register"]
 
-_TASKS = (Classification, Reconstruction, Segmentation, YoloV1, SSD)
+_TASKS = (Classification, Reconstruction, Segmentation, YoloV1, SSD, TwoStage)
 _REGISTRY: dict[str, type] = {t.name: t for t in _TASKS}
 _BASE_FIELDS = {f.name for f in dataclasses.fields(Task)}
 

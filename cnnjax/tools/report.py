@@ -109,12 +109,20 @@ def _scalar(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def summarize(run: PointRun) -> dict:
+def _wanted(key: str, best: str | None, only: tuple) -> bool:
+    return not only or key == best or key in only
+
+
+def summarize(run: PointRun, only: tuple = ()) -> dict:
     """One finished run -> {'<metric>_final', '<metric>_best', 'train_loss_final',
-    'wall_time_s', 'params'} (keys it has no value for are left out)."""
+    'wall_time_s', 'params'} (keys it has no value for are left out; `only`: just these
+    eval metrics and the best one)."""
     best, directions = metric_info(run.config)
     evals = list(run.rows.get("eval", {}).values())
-    names = [k for r in evals for k in r if k not in SKIP_KEYS and _scalar(r[k])]
+    names = [
+        k for r in evals for k in r
+        if k not in SKIP_KEYS and _scalar(r[k]) and _wanted(k, best, only)
+    ]  # fmt: skip
     out = {}
     for m in sorted(set(names), key=lambda k: (k != best, names.index(k))):
         values = [r[m] for r in evals if _scalar(r.get(m))]
@@ -178,15 +186,16 @@ class Group:
         return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
 
 
-def aggregate(runs: list[PointRun]) -> list[Group]:
-    """Runs -> one Group per group name, in the order of the points."""
+def aggregate(runs: list[PointRun], only: tuple = ()) -> list[Group]:
+    """Runs -> one Group per group name, in the order of the points (`only`: see
+    `summarize`)."""
     groups = {}
     for r in runs:
         groups.setdefault(r.group, Group(r.group, [])).runs.append(r)
     for g in groups.values():
         for r in g.done:
             g.metric = g.metric or metric_info(r.config)[0]
-            for k, v in summarize(r).items():
+            for k, v in summarize(r, only).items():
                 g.values.setdefault(k, []).append(v)
     return list(groups.values())
 
@@ -381,8 +390,9 @@ def plot_profile(groups: list[Group], key: str, path: Path) -> bool:
     return True
 
 
-def figures(groups: list[Group], out: Path) -> list[str]:
-    """Writes the PNGs -> their file names."""
+def figures(groups: list[Group], out: Path, only: tuple = ()) -> list[str]:
+    """Writes the PNGs -> their file names (`only`: eval metrics to draw, besides the best
+    one; list-valued ones included)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -392,7 +402,7 @@ def figures(groups: list[Group], out: Path) -> list[str]:
         for r in done
         for row in r.rows.get("eval", {}).values()
         for k in row
-        if k not in SKIP_KEYS and _scalar(row[k])
+        if k not in SKIP_KEYS and _scalar(row[k]) and _wanted(k, metric_info(r.config)[0], only)
     )
     names = []
     if plot_curves(groups, "train", "loss", out / "train_loss.png"):
@@ -404,7 +414,8 @@ def figures(groups: list[Group], out: Path) -> list[str]:
         if plot_final(groups, m, out / f"final_{m}.png"):
             names.append(f"final_{m}.png")
     lists = dict.fromkeys(k for r in done for row in list(r.rows.get("eval", {}).values())[-1:]
-                          for k, v in row.items() if isinstance(v, list))  # fmt: skip
+                          for k, v in row.items()
+                          if isinstance(v, list) and _wanted(k, None, only))  # fmt: skip
     for m in lists:
         if plot_profile(groups, m, out / f"profile_{m}.png"):
             names.append(f"profile_{m}.png")
@@ -435,10 +446,12 @@ def paste_into_readme(readme: Path, table: str, images: list[str], source: Path)
     readme.write_text(f"{head}{README_START}\n{table}{links}{README_END}{tail}")
 
 
-def report(target, out=None, readme: bool = False) -> str:
+def report(target, out=None, readme: bool = False, metrics=()) -> str:
     """Writes report.md, report.csv and the PNGs of the sweep `target` (a sweep dir or a
     sweep.py) into `out` (default: the sweep dir) -> the markdown table with its notes.
-    `readme`: also paste them into the experiment's README.md (see the module docstring)."""
+    `readme`: also paste them into the experiment's README.md (see the module docstring).
+    `metrics`: report only these eval metrics besides the best one (e.g. a detector's 16)."""
+    only = tuple(metrics)
     target = Path(target)
     sweep_file = target if target.suffix == ".py" else None
     if readme and sweep_file is None:
@@ -449,7 +462,7 @@ def report(target, out=None, readme: bool = False) -> str:
     runs = collect(sweep_dir, sweep_file)
     if not runs:
         raise sweep.SweepError(f"'{sweep_dir}' holds no sweep.json and no runs")
-    groups = aggregate(runs)
+    groups = aggregate(runs, only)
     directions = {}
     for r in runs:
         directions.update(metric_info(r.config)[1] if r.config else {})
@@ -457,7 +470,7 @@ def report(target, out=None, readme: bool = False) -> str:
     out = Path(out) if out else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     write_csv(groups, out / "report.csv")
-    names = figures(groups, out)
+    names = figures(groups, out, only)
     images = "".join(f"\n![{n[:-4]}]({n})\n" for n in names)
     note = "Values: mean ± sample std (ddof 1) over the finished seeds of each group.\n"
     (out / "report.md").write_text(f"# Sweep {sweep_dir.name}\n\n{note}\n{table}{images}")
@@ -479,9 +492,15 @@ def main(argv=None) -> int:
         action="store_true",
         help="also paste the table and figures into the experiment's README.md",
     )
+    p.add_argument(
+        "--metrics",
+        default="",
+        help="comma-separated eval metrics to report besides the best one (default: all)",
+    )
     args = p.parse_args(argv)
+    only = tuple(m for m in args.metrics.split(",") if m)
     try:
-        print(report(args.target, args.out or None, readme=args.readme), end="")
+        print(report(args.target, args.out or None, readme=args.readme, metrics=only), end="")
     except ConfigError as e:  # a bad sweep file or dir, an unknown task in a config.json
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -2,6 +2,6 @@
 two-stage family (R-CNN, SPPNet, Fast R-CNN, Faster R-CNN). Each returns its raw outputs;
 the matching task in `cnnjax.tasks` owns the loss and the decoding."""
 
-from cnnjax.models.detection import ssd, yolo
+from cnnjax.models.detection import ssd, two_stage, yolo
 
-MODELS: dict = {**yolo.MODELS, **ssd.MODELS}
+MODELS: dict = {**yolo.MODELS, **ssd.MODELS, **two_stage.MODELS}

@@ -36,6 +36,7 @@ class YoloV1(nn.Module):
 
     num_classes: int
     backbone: str = "resnet18"
+    backbone_kwargs: tuple = ()  # (field, value) pairs for the backbone
     feature_stride: int = 32
     grid: int = 7
     boxes_per_cell: int = 2
