@@ -278,3 +278,18 @@ def test_config_smoke_trains_and_evaluates(tmp_path):
     assert metrics["num_examples"] == config.data.max_eval_examples
     assert 0 <= metrics["map50"] <= 1 and len(metrics["per_class_ap50"]) == 10
     assert (tmp_path / "samples" / f"step_{config.train.num_steps:07d}.png").exists()
+
+
+@pytest.mark.parametrize("proposals", ["selective_search", "rpn"])
+def test_predict_reads_what_the_pipeline_computed_for_it(proposals):
+    """`cnnjax.load(run).predict` keeps only `task.input_keys` of the preprocessed images: a
+    selective-search member needs its proposals there too."""
+    names = tuple(str(i) for i in range(K))
+    info = DataInfo.synthetic((64, 64, 1), None, boxes=FeatureInfo((None, 4), "float32"),
+                              box_classes=FeatureInfo((None,), "int64", K, names))  # fmt: skip
+    task = tasks.create("two_stage", info, image_size=64, proposals=proposals,
+                        region_features="roi_pool", num_proposals=8)  # fmt: skip
+    _, scene = next(iter(generate_split("test", *load_digits())))
+    ex = task.eval_preprocess({"image": scene["image"], "index": 0})  # a notebook's input
+    assert set(task.input_keys) <= set(ex)
+    assert ("proposals" in task.input_keys) == (proposals == "selective_search")

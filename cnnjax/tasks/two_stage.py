@@ -78,6 +78,12 @@ class TwoStage(Detection):
     def searches(self) -> bool:
         return self.proposals == "selective_search"
 
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        """What `predict` reads of a batch: the image, and the selective-search proposals
+        the input pipeline computed when the detector does not propose its own."""
+        return ("image", "proposals", "proposal_valid") if self.searches else ("image",)
+
     def summary(self) -> str:
         return f"{super().summary()}; {self.proposals} proposals, {self.region_features}"
 

@@ -5,8 +5,10 @@ trained run's `predict` on test scenes, after a warm-up call, input pipeline inc
     .venv/bin/python experiments/rcnn_lineage/speed.py [--sweep_dir=runs/sweeps/rcnn_lineage]
         [--images=64] [--readme]
 
-Prints a markdown table; --readme pastes it between `<!-- speed:start -->` and
-`<!-- speed:end -->` of experiments/rcnn_lineage/README.md.
+Prints a markdown table (with each run's final test mAP@0.5) and draws
+`accuracy_vs_speed.png` (mAP@0.5 against inference seconds per image, log scale) next to this
+file; --readme pastes the table between `<!-- speed:start -->` and `<!-- speed:end -->` of
+experiments/rcnn_lineage/README.md.
 """
 
 import argparse
@@ -42,18 +44,41 @@ def measure(workdir: Path, images: np.ndarray) -> dict:
     infer = (time.perf_counter() - start) / len(images)
     elapsed = _elapsed(workdir)
     trained = c.train.num_steps * c.data.batch_size
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in rows if r.get("split") == "eval"][-1]
     return {
         "run": workdir.name,
         "task": run.task.name,
+        "map50": final["map50"],
         "train_s_per_image": elapsed / trained if elapsed else float("nan"),
         "infer_s_per_image": infer,
     }
 
 
+def figure(rows: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for r in rows:
+        ax.scatter(r["infer_s_per_image"] * 1e3, r["map50"], s=30)
+        ax.annotate(r["run"], (r["infer_s_per_image"] * 1e3, r["map50"]), fontsize=7,
+                    xytext=(4, 2), textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: minor labels overlap
+    ax.set(xlabel="inference ms / image (log)", ylabel="test mAP@0.5", ylim=(0, 1.05))
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| run | task | train s / image | inference s / image |", "|---|---|---:|---:|"]
+    lines = [
+        "| run | task | test mAP@0.5 | train s / image | inference s / image |",
+        "|---|---|---:|---:|---:|",
+    ]
     lines += [
-        f"| {r['run']} | {r['task']} | {r['train_s_per_image']:.4f} | "
+        f"| {r['run']} | {r['task']} | {r['map50']:.4f} | {r['train_s_per_image']:.4f} | "
         f"{r['infer_s_per_image']:.4f} |"
         for r in rows
     ]
@@ -83,6 +108,8 @@ def main(argv=None) -> int:
             print(json.dumps(rows[-1]), file=sys.stderr)
     text = table(rows)
     print(text, end="")
+    if rows:
+        figure(rows, HERE / "accuracy_vs_speed.png")
     if args.readme:
         readme = HERE / "README.md"
         head, rest = readme.read_text().split(START, 1)
