@@ -7,6 +7,7 @@
 #       the suite leaves out; CI's 2nd stage)
 #   ./launch.sh bench [--models=a,b] [--mode=train|eval|both] [--batch=N] [--json]
 #   ./launch.sh bench-ops [--boxes=1000,6000] [--json] [--out=FILE]   (NMS, RoIAlign, RoI pool)
+#   ./launch.sh bench-detection [--image_size=64] [--batch=16] [--json]  (Faster R-CNN)
 #   ./launch.sh chaos [--kills=N]   (a smoke run under N random kill -9s ends bitwise equal)
 #   ./launch.sh sweep experiments/NAME/sweep.py [--parallel=N] [--dry-run] [--point-index=I]
 #       [--slurm [--wait] [--cpus-per-task=C] [--mem=M] [--time=T] [--slurm-arg=OPT ...]]
@@ -56,6 +57,8 @@ commands:
   bench     python -m cnnjax.tools.bench ARGS  (img/s against PyTorch; installs the torch extra)
   bench-ops python -m cnnjax.tools.bench_ops ARGS  (NMS / RoIAlign / RoI pooling against
             torchvision.ops at 1k and 6k boxes)
+  bench-detection  python -m cnnjax.tools.bench_detection ARGS  (Faster R-CNN training and
+            inference img/s against torchvision's FasterRCNN of the same design)
   chaos     python -m cnnjax.tools.chaos ARGS  (--kills=N random kill -9s + restarts of a smoke
             run; exit 0 only if it ends bitwise equal to an uninterrupted one)
   sweep     python -m cnnjax.tools.sweep ARGS  (every point of experiments/NAME/sweep.py in its
@@ -87,6 +90,7 @@ case "$cmd" in
   report) bootstrap; exec "$VENV/bin/python" -m cnnjax.tools.report "$@" ;;
   bench) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench "$@" ;;
   bench-ops) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench_ops "$@" ;;
+  bench-detection) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench_detection "$@" ;;
   python) bootstrap; exec "$VENV/bin/python" "$@" ;;
   -h|--help|help) usage ;;
   *) echo "launch.sh: unknown command '$cmd'" >&2; usage; exit 2 ;;

@@ -3,6 +3,8 @@ and for the grain input pipeline; bad names exit 2."""
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 KEYS = {"model", "framework", "mode", "batch", "image_size", "img_per_s", "compile_s",
@@ -51,3 +53,14 @@ def test_bench_a_model_without_a_torch_twin_says_so():
     assert proc.returncode == 2
     assert "model 'cnn_lstm' has no PyTorch twin" in proc.stderr
     assert "--frameworks=cnnjax" in proc.stderr
+
+
+@pytest.mark.zoo_full  # two detectors compiled (~40 s): CI's second stage
+def test_detection_bench_rows_for_cnnjax_and_torchvision():
+    pytest.importorskip("torchvision")
+    proc = run_cli("cnnjax.tools.bench_detection", "--image_size=32", "--batch=2", "--steps=1",
+                   "--windows=1", "--json", timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["mode"] for r in rows] == ["train", "infer"]
+    assert all(r["cnnjax_img_s"] > 0 and r["torchvision_img_s"] > 0 for r in rows)
