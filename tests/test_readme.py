@@ -12,7 +12,9 @@ README = (ROOT / "README.md").read_text()
 def test_the_zoo_table_lists_every_registry_entry():
     block = README.split("<!-- zoo-table:start -->")[1].split("<!-- zoo-table:end -->")[0]
     listed = re.findall(r"^\| (\w+) \|", block, flags=re.M)
-    assert sorted(set(listed) - {"model"}) == models.names()
+    # Other tests register toy models named test_* in this process (xdist order varies).
+    registry = [n for n in models.names() if not n.startswith("test_")]
+    assert sorted(set(listed) - {"model"}) == registry
 
 
 def test_every_config_is_named_in_the_readme():
