@@ -23,6 +23,7 @@ import pytest
 
 from cnnjax import models
 from cnnjax.engine.state import TrainState
+from cnnjax.models.detection import MODELS as DETECTION
 from cnnjax.models.segmentation import MODELS as SEGMENTATION
 from tests.conftest import classification_step
 
@@ -146,10 +147,12 @@ def _params(name):
     return pytest.param(name, marks=marks, id=name)
 
 
-# Every registry classifier (the autoencoder and the segmentation models have their own
-# task's tests).
+# Every registry classifier (the autoencoder, the segmentation models and the detectors
+# have their own task's tests).
 CLASSIFIERS = [
-    n for n in models.names() if "num_classes" in models.fields(n) and n not in SEGMENTATION
+    n
+    for n in models.names()
+    if "num_classes" in models.fields(n) and n not in SEGMENTATION and n not in DETECTION
 ]
 
 
