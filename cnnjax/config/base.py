@@ -102,21 +102,27 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def segmentation_on_scenes(c: ml_collections.ConfigDict) -> None:
-    """Semantic segmentation of the embedded `digits_scenes` (64 px, 11 classes: background
-    and the ten digits, 255 ignored), with small random shifts (no flips: a mirrored digit
-    is another symbol); AdamW with a cosine schedule."""
-    set_task(c, "segmentation")
+def _on_scenes(c: ml_collections.ConfigDict, learning_rate: float) -> None:
+    """The digit scenes' shared recipe: 64 px, batch 16, 4 px random shifts, AdamW with a
+    cosine schedule and 100 warm-up steps."""
     c.data.name = "digits_scenes"
     c.data.image_size = 64
     c.data.batch_size = 16
     c.data.aug.crop_padding = 4
     c.optim.name = "adamw"
-    c.optim.learning_rate = 2e-3
+    c.optim.learning_rate = learning_rate
     c.optim.weight_decay = 1e-4
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = 100
     c.train.log_every_steps = 50
+
+
+def segmentation_on_scenes(c: ml_collections.ConfigDict) -> None:
+    """Semantic segmentation of the embedded `digits_scenes` (64 px, 11 classes: background
+    and the ten digits, 255 ignored), with small random shifts (no flips: a mirrored digit
+    is another symbol); AdamW with a cosine schedule."""
+    set_task(c, "segmentation")
+    _on_scenes(c, learning_rate=2e-3)
 
 
 def detection_on_scenes(c: ml_collections.ConfigDict, task: str, **task_kwargs) -> None:
@@ -124,16 +130,7 @@ def detection_on_scenes(c: ml_collections.ConfigDict, task: str, **task_kwargs) 
     0-4 digits per scene, ten classes): ground truth padded to 4 boxes, small random shifts
     (no flips: a mirrored digit is another symbol); AdamW with a cosine schedule."""
     set_task(c, task, **{"max_boxes": 4, **task_kwargs})
-    c.data.name = "digits_scenes"
-    c.data.image_size = 64
-    c.data.batch_size = 16
-    c.data.aug.crop_padding = 4
-    c.optim.name = "adamw"
-    c.optim.learning_rate = 1e-3
-    c.optim.weight_decay = 1e-4
-    c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 100
-    c.train.log_every_steps = 50
+    _on_scenes(c, learning_rate=1e-3)
 
 
 def detection_on_voc(c: ml_collections.ConfigDict, image_size: int) -> None:

@@ -45,6 +45,12 @@ def augment_image(image: np.ndarray, aug: Augment, rng: np.random.Generator) -> 
     image = random_crop(image, aug.crop_padding, rng)
     if aug.flip:
         image = random_flip(image, rng)
+    return photometric(image, aug, rng)
+
+
+def photometric(image: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
+    """float32 [H, W, C] in [0, 1] -> the same after colour jitter and blur (the pixel-only
+    augmentations, which leave boxes and masks where they are)."""
     image = color_jitter(image, aug.color_jitter, rng)
     if aug.blur_prob > 0 and rng.random() < aug.blur_prob:
         image = blur(image, aug.blur_sigma)

@@ -224,9 +224,7 @@ class Detection(Task):
         ex = geometry.resize(ex, self.image_size, self.image_size)
         x = T.to_float(ex["image"])
         if rng is not None:
-            x = T.color_jitter(x, self.augment.color_jitter, rng)
-            if self.augment.blur_prob > 0 and rng.random() < self.augment.blur_prob:
-                x = T.blur(x, self.augment.blur_sigma)
+            x = T.photometric(x, self.augment, rng)
         extras = self.example_extras(x, ex)
         mean, std = (np.asarray(v, np.float32) for v in (self.info.mean, self.info.std))
         x = T.normalize(x, mean, std)

@@ -22,6 +22,7 @@ import time
 from absl import app, flags
 
 from cnnjax.errors import EXIT_BAD_INPUT
+from cnnjax.tools.timing import time_windows
 
 DEFAULT_MODELS = (
     "resnet20_cifar,resnet56_cifar,resnet18,resnet50,vgg16,mobilenet_v2,efficientnet_b0"
@@ -90,19 +91,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time_windows(run_steps, sync, steps: int, windows: int) -> float:
-    """Best seconds per step over `windows` windows of `steps` steps (after 2 warm-ups)."""
-    run_steps(2)
-    sync()
-    best = float("inf")
-    for _ in range(windows):
-        t = time.perf_counter()
-        run_steps(steps)
-        sync()
-        best = min(best, (time.perf_counter() - t) / steps)
-    return best
-
-
 def compiled_step(job: dict):
     """-> (compiled train or eval step, state, synthetic batch on the device, compile seconds)
     for a bench job (model, batch, image_size, dtype, conv, batch_norm, mode; task, default
@@ -156,7 +144,7 @@ def _cnnjax(job: dict) -> dict:
             else:
                 box["out"] = compiled(box["state"], batch)
 
-    sec = _time_windows(run_steps, lambda: jax.block_until_ready(box["out"]), job["steps"],
+    sec = time_windows(run_steps, lambda: jax.block_until_ready(box["out"]), job["steps"],
                         job["windows"])  # fmt: skip
     return {"step_ms": sec * 1e3, "compile_s": compile_s, "device": jax.devices()[0].device_kind}
 
@@ -223,7 +211,7 @@ def _torch(job: dict) -> dict:
                     model(x)
 
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    sec = _time_windows(run_steps, sync, job["steps"], job["windows"])
+    sec = time_windows(run_steps, sync, job["steps"], job["windows"])
     kind = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     return {"step_ms": sec * 1e3, "compile_s": 0.0, "device": kind}
 
@@ -237,7 +225,7 @@ def _pipeline(job: dict) -> dict:
         source, task.train_preprocess, task.features(), batch_size=job["batch"], seed=0
     )
     it = iter(ds)
-    sec = _time_windows(lambda n: [next(it) for _ in range(n)], lambda: None, job["steps"],
+    sec = time_windows(lambda n: [next(it) for _ in range(n)], lambda: None, job["steps"],
                         job["windows"])  # fmt: skip
     return {"step_ms": sec * 1e3, "compile_s": 0.0, "device": "cpu"}
 

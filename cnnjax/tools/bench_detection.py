@@ -13,10 +13,11 @@ the fastest of `--windows` windows of `--steps` steps after two warm-up steps.
 """
 
 import json
-import time
 
 import numpy as np
 from absl import app, flags
+
+from cnnjax.tools.timing import time_windows
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 64, "Square input size.")
@@ -47,18 +48,6 @@ def random_batch(batch: int, size: int, max_boxes: int = 4, seed: int = 0) -> di
         "index": np.arange(batch, dtype=np.int64),
         "mask": np.ones(batch, np.float32),
     }
-
-
-def _best(run, sync, steps: int, windows: int) -> float:
-    run(2)
-    sync()
-    best = float("inf")
-    for _ in range(windows):
-        start = time.perf_counter()
-        run(steps)
-        sync()
-        best = min(best, (time.perf_counter() - start) / steps)
-    return best
 
 
 def _cnnjax(batch: dict, size: int, steps: int, windows: int) -> dict:
@@ -98,8 +87,8 @@ def _cnnjax(batch: dict, size: int, steps: int, windows: int) -> dict:
             box["out"] = predict(box["state"], device_batch)
 
     sync = lambda: jax.block_until_ready(box["out"])
-    return {"train": _best(run_train, sync, steps, windows),
-            "infer": _best(run_infer, sync, steps, windows)}  # fmt: skip
+    return {"train": time_windows(run_train, sync, steps, windows),
+            "infer": time_windows(run_infer, sync, steps, windows)}  # fmt: skip
 
 
 def _torchvision_model(size: int):
@@ -154,8 +143,8 @@ def _torch(batch: dict, size: int, steps: int, windows: int) -> dict:
             for _ in range(n):
                 model(images)
 
-    return {"train": _best(run_train, lambda: None, steps, windows),
-            "infer": _best(run_infer, lambda: None, steps, windows)}  # fmt: skip
+    return {"train": time_windows(run_train, lambda: None, steps, windows),
+            "infer": time_windows(run_infer, lambda: None, steps, windows)}  # fmt: skip
 
 
 def main(argv):

@@ -12,10 +12,11 @@ torchvision's time over cnnjax's (> 1: cnnjax faster).
 """
 
 import json
-import time
 
 import numpy as np
 from absl import app, flags
+
+from cnnjax.tools.timing import time_windows
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("boxes", "1000,6000", "Comma-separated box counts.")
@@ -36,18 +37,16 @@ def random_boxes(n: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([lo, lo + size], 1).astype(np.float32)
 
 
-def _best(fn, sync, steps: int, windows: int) -> float:
-    """Seconds per call: the fastest window of `steps` calls, after two warm-up calls."""
-    sync(fn())
-    sync(fn())
-    best = float("inf")
-    for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(steps):
-            out = fn()
-        sync(out)
-        best = min(best, (time.perf_counter() - start) / steps)
-    return best
+def _per_call(fn, sync, steps: int, windows: int) -> float:
+    """Seconds per call of `fn` (bench.time_windows: the fastest window, after warm-up);
+    `sync(out)` waits for the last output."""
+    box = {}
+
+    def run(n):
+        for _ in range(n):
+            box["out"] = fn()
+
+    return time_windows(run, lambda: sync(box["out"]), steps, windows)
 
 
 def measure(op: str, n: int, steps: int, windows: int, max_output: int) -> dict:
@@ -82,8 +81,8 @@ def measure(op: str, n: int, steps: int, windows: int, max_output: int) -> dict:
             theirs = lambda: tv.roi_pool(tf, rois, BINS, 1 / STRIDE)
         ours = lambda: f(jf, jb)
     with torch.no_grad():
-        t_theirs = _best(theirs, lambda o: o, steps, windows)
-    t_ours = _best(ours, jax.block_until_ready, steps, windows)
+        t_theirs = _per_call(theirs, lambda o: o, steps, windows)
+    t_ours = _per_call(ours, jax.block_until_ready, steps, windows)
     return {
         "op": op, "boxes": n, "cnnjax_ms": round(1e3 * t_ours, 3),
         "torchvision_ms": round(1e3 * t_theirs, 3), "ratio": round(t_theirs / t_ours, 3),
