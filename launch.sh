@@ -42,6 +42,9 @@ bootstrap() {
   fi
   echo "[launch] installing cnnjax[$extras] and its dependencies into $VENV" >&2
   "$VENV/bin/python" -m pip install -q -e ".[$extras]" >&2
+  # The XLA:CPU recompute barrier (cnnjax/runtime/materialize.py); without a C++ compiler
+  # this prints why and training runs without it.
+  "$VENV/bin/python" -m cnnjax.runtime.materialize >&2 || true
   echo "$want $extras" >"$stamp"
 }
 

@@ -11,17 +11,21 @@ divided by 10 at 32k and 48k iterations, 64k iterations in all. The paper report
     ./launch.sh train --config=configs/resnet20_cifar.py:digits --workdir=runs/r20_digits
 
 Arguments: `digits` (the embedded handwritten digits instead of CIFAR-10, no flips,
-3,000 steps), `smoke` (seconds, for tests).
+3,000 steps), `plain` (the plain twin, plain20_cifar: the same layers without shortcuts;
+`--config.model.name=plain56_cifar` then picks its depth), `smoke` (seconds, for tests).
 """
 
 from cnnjax.config import base as configlib
 
 
 def get_config(arg=None):
-    tokens = configlib.parse_arg(arg, {"digits", "smoke"})
+    tokens = configlib.parse_arg(arg, {"digits", "plain", "smoke"})
     c = configlib.base_config()
     c.model.name = "resnet20_cifar"
-    c.model.kwargs.shortcut = "A"
+    if "plain" in tokens:
+        c.model.name = "plain20_cifar"  # no shortcut option: the plain entries fix it to None
+    else:
+        c.model.kwargs.shortcut = "A"
     c.data.name = "cifar10"
     c.data.image_size = 32
     c.data.batch_size = 128

@@ -11,15 +11,14 @@ KEYS = {"model", "framework", "mode", "batch", "image_size", "img_per_s", "compi
         "peak_rss_mb", "step_ms", "device", "dtype"}  # fmt: skip
 
 
-def test_bench_json_rows_for_cnnjax_torch_and_grain():
+def test_bench_json_rows_for_cnnjax_with_and_without_the_barrier_and_torch():
     proc = run_cli("cnnjax.tools.bench", "--models=resnet20_cifar", "--mode=train", "--batch=4",
-                   "--image_size=16", "--steps=1", "--windows=1",
-                   "--frameworks=cnnjax,torch_channels_last", "--json")  # fmt: skip
+                   "--image_size=16", "--steps=1", "--windows=1", "--materialize=on,off",
+                   "--frameworks=cnnjax,torch_channels_last", "--nopipeline", "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert [(r["framework"], r["mode"]) for r in rows] == [
-        ("cnnjax", "train"), ("torch_channels_last", "train"),
-        ("grain", "pipeline"), ("grain", "pipeline"),
+    assert [(r["framework"], r.get("materialize")) for r in rows] == [
+        ("cnnjax", "on"), ("cnnjax", "off"), ("torch_channels_last", None)
     ]  # fmt: skip
     for r in rows:
         assert "error" not in r, r
@@ -27,7 +26,24 @@ def test_bench_json_rows_for_cnnjax_torch_and_grain():
         assert r["batch"] == 4 and r["img_per_s"] > 0 and r["peak_rss_mb"] > 50
     assert rows[0]["model"] == "resnet20_cifar" and rows[0]["image_size"] == 16
     assert rows[0]["compile_s"] > 0  # the jitted step was compiled ahead of timing
-    assert [r["model"] for r in rows[2:]] == ["digits", "cifar_shaped"]
+
+
+@pytest.mark.zoo_full  # two more interpreters (~25 s): CI's second stage
+def test_bench_pipeline_rows():
+    proc = run_cli("cnnjax.tools.bench", "--models=resnet20_cifar", "--mode=train", "--batch=4",
+                   "--steps=1", "--windows=1", "--frameworks=", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["framework"], r["model"]) for r in rows] == [
+        ("grain", "digits"), ("grain", "cifar_shaped")
+    ]  # fmt: skip
+    assert all(r["img_per_s"] > 0 and "error" not in r for r in rows), rows
+
+
+def test_bench_bad_materialize_value_exits_2():
+    proc = run_cli("cnnjax.tools.bench", "--models=resnet20_cifar", "--materialize=on,maybe")
+    assert proc.returncode == 2
+    assert "--materialize='on,maybe'" in proc.stderr and "'auto', 'on', 'off'" in proc.stderr
 
 
 def test_bench_bad_model_exits_2():

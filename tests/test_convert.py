@@ -19,7 +19,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:The default weight initializatio
 
 # One model per distinct code path runs by default (basic/bottleneck ResNet, VGG with and
 # without BN, EfficientNet's eps-1e-3 variants, ...); the other variants share that code and
-# run under `slow`, and `test_every_shared_model_converts_by_shape` checks them by shape.
+# run in CI's second stage (zoo_full), and `test_every_shared_model_converts_by_shape` checks
+# them all by shape here.
 REPRESENTATIVE = {
     "resnet18",
     "resnet50",
@@ -38,7 +39,8 @@ REPRESENTATIVE = {
 _IMAGE_SIZE = 64  # every family runs at 64 px (VGG/AlexNet through adaptive pooling)
 _BATCH = 2
 _PARITY = [
-    pytest.param(n, marks=() if n in REPRESENTATIVE else pytest.mark.slow) for n in convert.names()
+    pytest.param(n, marks=() if n in REPRESENTATIVE else pytest.mark.zoo_full)
+    for n in convert.names()
 ]
 
 

@@ -17,8 +17,8 @@ import pytest
 
 from cnnjax import models
 from cnnjax.errors import ConfigError
-from cnnjax.models.patch_conv import PatchConv
-from cnnjax.models.rewrite import apply_to_model
+from cnnjax.models.patch_conv import conv_for_backend
+from cnnjax.models.rewrite import apply_to_model, resolve_materialize
 from cnnjax.models.segmentation import fcn
 from cnnjax.models.vgg import CONFIGS, M
 from cnnjax.ops import upsample
@@ -329,7 +329,8 @@ def test_speed_rewrites_reach_the_backbone(backbone):
     )
     model = models.create("fcn8s", num_classes=11, backbone=backbone, fc_width=64)
     fast = apply_to_model(model, cfg)
-    assert fast.conv is PatchConv and fast.dtype == jnp.bfloat16
+    patch = conv_for_backend("patch", materialize=resolve_materialize("auto"))
+    assert fast.conv is patch and fast.dtype == jnp.bfloat16
     (logits, feats), variables = _abstract(model, (1, 64, 64, 3))
     (fast_logits, fast_feats), fast_variables = _abstract(fast, (1, 64, 64, 3))
     assert _shapes(fast_variables) == _shapes(variables)

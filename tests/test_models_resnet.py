@@ -96,3 +96,39 @@ def test_registry_errors_name_the_closest_model_and_bad_kwargs():
     with pytest.raises(ConfigError, match="no option.*widht"):
         models.create("resnet18", num_classes=10, widht=3)
     assert {"resnet34", "plain34", "resnet20_cifar"} <= set(models.names())
+
+
+def test_a_plain_entry_refuses_a_shortcut_that_would_make_it_residual():
+    """configs/resnet20_cifar.py sets model.kwargs.shortcut='A'; pointing model.name at a
+    plain entry must not silently train a residual net under the plain name."""
+    from configs.resnet20_cifar import get_config
+
+    with pytest.raises(ConfigError, match="plain56_cifar.*shortcut=None.*shortcut='A'"):
+        models.create("plain56_cifar", num_classes=10, shortcut="A")
+    assert models.create("plain56_cifar", num_classes=10, shortcut=None).shortcut is None
+    assert models.create("resnet56_cifar", num_classes=10, shortcut="B").shortcut == "B"
+    c = get_config("digits,plain")
+    assert c.model.name == "plain20_cifar" and "shortcut" not in c.model.kwargs
+    plain = models.create("plain56_cifar", num_classes=10, **c.model.kwargs)
+    x = jnp.ones((1, 16, 16, 3))
+    variables = plain.init(jax.random.key(0), x, train=False)
+    residual = models.create("resnet56_cifar", num_classes=10)
+    a = plain.apply(variables, x, train=False)[0]
+    b = residual.apply(variables, x, train=False)[0]
+    assert not np.allclose(a, b)  # same parameters, different networks
+
+
+def test_a_config_names_the_activation():
+    """model.kwargs.act='tanh' (a string in a config) builds the net with tanh; an unknown name
+    is an error listing the valid ones."""
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    tanh = models.create("plain20_cifar", num_classes=10, act="tanh")
+    relu = models.create("plain20_cifar", num_classes=10)
+    variables = relu.init(jax.random.key(1), x, train=False)
+    _, feats = tanh.apply(variables, x, train=False)
+    assert float(jnp.abs(feats["stem"]).max()) <= 1.0  # tanh-bounded after the stem
+    assert float(jnp.min(relu.apply(variables, x, train=False)[1]["stem"])) == 0.0
+    leaky = models.create("plain20_cifar", num_classes=10, act="leaky_relu")
+    assert float(jnp.min(leaky.apply(variables, x, train=False)[1]["stem"])) < 0.0
+    with pytest.raises(ConfigError, match="model.kwargs.act: unknown activation 'tahn'.*tanh"):
+        models.create("plain20_cifar", num_classes=10, act="tahn")

@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Speed (see BENCHMARKS.md). Params, optimizer state and BN statistics stay float32.
     c.train.compute_dtype = "float32"  # float32 | bfloat16: the models' activation dtype
     c.train.conv = "auto"  # auto (im2col on CPU, XLA's conv elsewhere) | xla | patch
+    # auto (on for CPU when the custom call builds) | on | off: an XLA fusion barrier on each
+    # convolution's input and output gradient, so the backward pass stops recomputing the
+    # BatchNorm/ReLU/residual chain per weight gradient (cnnjax/runtime/materialize.py)
+    c.train.materialize = "auto"
     c.train.batch_norm = "cnnjax"  # cnnjax (backward keeps only the input) | flax
     c.train.grad_accum_steps = 1  # > 1 sums gradients over this many micro-batches per step
     c.train.ema_decay = 0.0  # > 0 keeps an EMA of params and BN stats, evaluated as 'eval_ema'

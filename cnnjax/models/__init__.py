@@ -30,6 +30,7 @@ from cnnjax.models import (
     vgg,
     xception,
 )
+from cnnjax.models.layers import ACTIVATIONS
 
 _REGISTRY: dict[str, Callable] = {
     **resnet.MODELS,
@@ -72,6 +73,12 @@ def fields(name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(module_cls)} - {"parent", "name"}
 
 
+# Fields a registry entry fixes that decide what the network *is* (a plain net has no
+# shortcuts): `create` refuses to change them, since the run would report the entry's name for
+# another network (e.g. a config's shortcut='A' silently turning plain56_cifar residual).
+IDENTITY_FIELDS = frozenset({"shortcut"})
+
+
 def create(name: str, *, module_name: str | None = None, **kwargs):
     """Builds registry model `name`; kwargs (e.g. `num_classes=10`) set module fields.
     `module_name`: the flax name of the module (a submodule when created inside another
@@ -82,6 +89,22 @@ def create(name: str, *, module_name: str | None = None, **kwargs):
         raise ConfigError(
             f"model '{name}' has no option(s) {bad}; valid model.kwargs: {sorted(valid)}"
         )
+    if isinstance(kwargs.get("act"), str):  # an activation named in a config
+        if kwargs["act"] not in ACTIVATIONS:
+            raise ConfigError(
+                f"model.kwargs.act: {unknown_name('activation', kwargs['act'], ACTIVATIONS)}"
+            )
+        kwargs["act"] = ACTIVATIONS[kwargs["act"]]
+    fixed = getattr(_REGISTRY[name], "keywords", {})
+    for key in sorted(IDENTITY_FIELDS & set(kwargs) & set(fixed)):
+        if kwargs[key] != fixed[key]:
+            raise ConfigError(
+                f"model '{name}' is defined by {key}={fixed[key]!r}; model.kwargs.{key}="
+                f"{kwargs[key]!r} would build a different network under its name. Remove "
+                f"that option (a config that sets it for another model may have a variant "
+                f"for this one, e.g. configs/resnet20_cifar.py:plain) or pick the registry "
+                f"entry you mean"
+            )
     if module_name is not None:
         kwargs["name"] = module_name
     return _REGISTRY[name](**kwargs)

@@ -48,6 +48,20 @@ class SqueezeExcite(nn.Module):
         return x * s
 
 
+# Activations a config can name (`--config.model.kwargs.act=tanh`): models.create maps the name
+# to the function for a model's `act` field. leaky_relu has PyTorch's default slope, 0.01.
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": nn.relu,
+    "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.01),
+    "tanh": nn.tanh,
+    "sigmoid": nn.sigmoid,
+    "elu": nn.elu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "identity": lambda x: x,
+}
+
+
 def conv_norm_act(
     x,
     features: int,

@@ -23,7 +23,7 @@ Features ('stem', 'stage1'...'stage4' by output stride, see layers.feature_name,
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -50,6 +50,10 @@ def _check_width(name: str, value: float):
 
 class MobileNetV1(nn.Module):
     """Keras MobileNet: 3x3/2 conv, 13 depthwise-separable blocks, global pool, 1x1 conv head."""
+
+    # train.materialize='auto' leaves the depthwise family without the CPU recompute barrier:
+    # MobileNet-V2 measured 7% slower with it (BENCHMARKS.md, "CPU: the recompute barrier").
+    RECOMPUTE_BARRIER: ClassVar[bool] = False
 
     num_classes: int
     alpha: float = 1.0
@@ -117,6 +121,11 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     """torchvision MobileNetV2: `features_0`...`features_18`, dropout + Linear `classifier_1`."""
+
+    # train.materialize='auto' leaves this family without the CPU recompute barrier: measured
+    # 7% slower with it, on every convolution or on all but the depthwise ones (BENCHMARKS.md,
+    # "CPU: the recompute barrier").
+    RECOMPUTE_BARRIER: ClassVar[bool] = False
 
     num_classes: int
     inverted_residual_setting: Sequence[tuple[int, int, int, int]] = V2_STAGES

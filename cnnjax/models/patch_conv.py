@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnnjax.runtime.materialize import materialized_conv
+
 # Narrower inputs stay on XLA's convolution: measured on 2 Zen 3 cores (BENCHMARKS.md), im2col
 # ran ResNet-34's 64-512-channel layers 2x faster but the CIFAR ResNets' 16-64-channel
 # layers 1.7x slower than XLA's own convolution.
@@ -104,13 +106,24 @@ def _patches(x, kh: int, kw: int, strides, padding):
 PatchConv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 CONVS = {"xla": nn.Conv, "patch": PatchConv}
+# The same convolutions with the recompute barrier around them (cnnjax/runtime/materialize.py):
+# the input and the gradient at the output are materialised once. Same parameters and values.
+MATERIALIZED_CONVS = {
+    "xla": functools.partial(
+        nn.Conv, conv_general_dilated=materialized_conv(lax.conv_general_dilated)
+    ),
+    "patch": functools.partial(
+        nn.Conv, conv_general_dilated=materialized_conv(conv_general_dilated)
+    ),
+}
 
 
-def conv_for_backend(name: str, backend: str | None = None):
+def conv_for_backend(name: str, backend: str | None = None, materialize: bool = False):
     """'xla' | 'patch' | 'auto' -> the conv module; 'auto' is PatchConv on CPU (faster there,
-    see BENCHMARKS.md) and nn.Conv on GPU/TPU, where cuDNN/XLA's own convolutions win."""
+    see BENCHMARKS.md) and nn.Conv on GPU/TPU, where cuDNN/XLA's own convolutions win.
+    `materialize` picks the variant behind the recompute barrier."""
     if name == "auto":
         name = "patch" if (backend or jax.default_backend()) == "cpu" else "xla"
     if name not in CONVS:
         raise ValueError(f"conv implementation {name!r} is not one of {['auto', *CONVS]}")
-    return CONVS[name]
+    return (MATERIALIZED_CONVS if materialize else CONVS)[name]

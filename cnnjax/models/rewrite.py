@@ -5,32 +5,80 @@ A composite model (a detector or segmenter holding a registry backbone as a Modu
 field) is rewritten all the way down, so its backbone computes like its head.
 """
 
+import functools
+import logging
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
 from cnnjax.models.batch_norm import BatchNorm
-from cnnjax.models.patch_conv import CONVS, conv_for_backend
+from cnnjax.models.patch_conv import CONVS, MATERIALIZED_CONVS, conv_for_backend
+from cnnjax.runtime import materialize as materialize_lib
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONV_CHOICES = ("auto", *CONVS)
 # flax's BatchNorm, or cnnjax's with a hand-written backward (cnnjax/models/batch_norm.py).
 BATCH_NORMS = {"flax": nn.BatchNorm, "cnnjax": BatchNorm}
+# train.materialize: the recompute barrier around each convolution (cnnjax/runtime/materialize.py).
+MATERIALIZE_CHOICES = ("auto", "on", "off")
+
+
+def resolve_materialize(setting: str, backend: str | None = None) -> bool:
+    """train.materialize -> whether the convolutions get the recompute barrier.
+
+    'auto': on for the CPU backend (measured faster there, BENCHMARKS.md) when the custom call
+    builds on this machine, with a warning saying why when it does not; off on GPU / TPU,
+    where the op is not registered. 'on' is an error where it cannot be had; 'off' never.
+    """
+    backend = backend or jax.default_backend()
+    if setting == "off":
+        return False
+    if setting not in MATERIALIZE_CHOICES:
+        raise ConfigError(
+            f"train.materialize is {setting!r}; expected one of {list(MATERIALIZE_CHOICES)}"
+        )
+    if backend != "cpu":
+        if setting == "on":
+            raise ConfigError(
+                f"train.materialize='on' needs the CPU backend (the barrier is an XLA:CPU "
+                f"custom call); this process runs on {backend!r}. Use 'auto' or 'off'."
+            )
+        return False
+    ok, why = materialize_lib.available()
+    if not ok:
+        if setting == "on":
+            raise ConfigError(f"train.materialize='on' but the barrier is unavailable: {why}")
+        _warn_unavailable(why)
+    return ok
+
+
+@functools.cache
+def _warn_unavailable(why: str) -> None:
+    logging.warning(
+        "train.materialize='auto': the XLA:CPU recompute barrier is unavailable, so training "
+        "runs without it (slower on CPU, same results): %s",
+        why,
+    )
 
 
 def apply_to_model(model, train_cfg, backend: str | None = None):
     """model -> a clone computing in train.compute_dtype with the chosen convolution.
 
-    The conv is swapped only on models with a `conv` field (PatchConv has nn.Conv's exact
+    The conv is swapped only on models with a `conv` field (behind the recompute barrier when
+    train.materialize resolves on) (PatchConv has nn.Conv's exact
     parameters, so nothing else changes), a stock BatchNorm `norm` for train.batch_norm's
     (same variables); a model without `dtype` cannot run in bfloat16. Fields holding unbound
     Modules (or tuples/lists of them), e.g. a composite's `backbone`, are rewritten the same
     way, recursively.
     """
-    return _rewrite(model, train_cfg, backend, type(model).__name__)
+    setting = getattr(train_cfg, "materialize", "auto")
+    materialize = resolve_materialize(setting, backend)
+    return _rewrite(model, train_cfg, backend, type(model).__name__, materialize, setting == "on")
 
 
-def _rewrite(model, train_cfg, backend, path: str):
+def _rewrite(model, train_cfg, backend, path, materialize=False, forced=False):
     fields = type(model).__dataclass_fields__
     overrides = {}
     dtype = COMPUTE_DTYPES[train_cfg.compute_dtype]
@@ -42,16 +90,21 @@ def _rewrite(model, train_cfg, backend, path: str):
             f"train.compute_dtype '{train_cfg.compute_dtype}'"
         )
     if "conv" in fields and _uses_flax_conv(model.conv):
-        overrides["conv"] = conv_for_backend(train_cfg.conv, backend)
+        # 'auto' leaves out the families measured slower with the barrier (RECOMPUTE_BARRIER =
+        # False on the class: the depthwise nets); 'on' puts it everywhere.
+        barrier = materialize and (forced or getattr(type(model), "RECOMPUTE_BARRIER", True))
+        overrides["conv"] = conv_for_backend(train_cfg.conv, backend, barrier)
     if "norm" in fields and any(model.norm is n for n in BATCH_NORMS.values()):
         overrides["norm"] = BATCH_NORMS[train_cfg.batch_norm]
     for name in fields.keys() - {"parent", "name"}:
         value = getattr(model, name)
         if isinstance(value, nn.Module):
-            overrides[name] = _rewrite(value, train_cfg, backend, f"{path}.{name}")
+            overrides[name] = _rewrite(
+                value, train_cfg, backend, f"{path}.{name}", materialize, forced
+            )
         elif isinstance(value, tuple | list) and any(isinstance(v, nn.Module) for v in value):
             overrides[name] = type(value)(
-                _rewrite(v, train_cfg, backend, f"{path}.{name}[{i}]")
+                _rewrite(v, train_cfg, backend, f"{path}.{name}[{i}]", materialize, forced)
                 if isinstance(v, nn.Module)
                 else v
                 for i, v in enumerate(value)
@@ -62,4 +115,4 @@ def _rewrite(model, train_cfg, backend, path: str):
 def _uses_flax_conv(conv) -> bool:
     """Only the stock nn.Conv (or PatchConv) is replaced; a custom conv a model was given is
     kept as it is."""
-    return any(conv is c for c in CONVS.values())
+    return any(conv is c for c in (*CONVS.values(), *MATERIALIZED_CONVS.values()))

@@ -37,6 +37,11 @@ flags.DEFINE_integer("batch", 128, "Batch size.")
 flags.DEFINE_integer("image_size", 0, "Resolution; 0 = 32 for *_cifar, 224 otherwise.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (both sides).")
 flags.DEFINE_string("conv", "auto", "cnnjax conv implementation: auto | xla | patch.")
+flags.DEFINE_string(
+    "materialize", "auto",
+    "cnnjax recompute barrier (train.materialize): auto | on | off, or a comma-separated list "
+    "for one cnnjax row per setting side by side (e.g. on,off).",
+)  # fmt: skip
 flags.DEFINE_enum("batch_norm", "cnnjax", ["cnnjax", "flax"], "cnnjax BatchNorm implementation.")
 flags.DEFINE_string("frameworks", ",".join(FRAMEWORKS), "Comma-separated subset to run.")
 flags.DEFINE_integer("steps", 5, "Timed steps per window (after 2 warm-up steps).")
@@ -114,7 +119,8 @@ def compiled_step(job: dict):
     # The trainer's own model set-up: compute dtype, conv and BatchNorm implementations.
     train_cfg = ml_collections.ConfigDict(
         {"compute_dtype": job["dtype"], "conv": job["conv"],
-         "batch_norm": job.get("batch_norm", "cnnjax")}
+         "batch_norm": job.get("batch_norm", "cnnjax"),
+         "materialize": job.get("materialize", "auto")}
     )  # fmt: skip
     model = models.create(job["model"], **task.model_kwargs())
     model = rewrite.apply_to_model(model, train_cfg)
@@ -264,8 +270,10 @@ def pipeline_source(name: str):
 def run_worker(job: dict) -> dict:
     fn = {"cnnjax": _cnnjax, "grain": _pipeline}.get(job["framework"], _torch)
     result = fn(job)
+    extra = {"materialize": job["materialize"]} if "materialize" in job else {}
     return {
         **{k: job[k] for k in ("model", "framework", "mode", "batch", "image_size", "dtype")},
+        **extra,
         "img_per_s": job["batch"] / (result["step_ms"] / 1e3),
         **result,
         "peak_rss_mb": _peak_rss_mb(),
@@ -273,7 +281,7 @@ def run_worker(job: dict) -> dict:
 
 
 def jobs(models, modes, frameworks, batch, image_size, dtype, conv, steps, windows, pipeline,
-         batch_norm="cnnjax"):  # fmt: skip
+         batch_norm="cnnjax", materialize=("auto",)):  # fmt: skip
     out = []
     base = {"batch": batch, "dtype": dtype, "conv": conv, "steps": steps, "windows": windows,
             "batch_norm": batch_norm}  # fmt: skip
@@ -281,7 +289,12 @@ def jobs(models, modes, frameworks, batch, image_size, dtype, conv, steps, windo
         size = _image_size(m, image_size)
         for mode in modes:
             for fw in frameworks:
-                out.append({**base, "model": m, "framework": fw, "mode": mode, "image_size": size})
+                row = {**base, "model": m, "framework": fw, "mode": mode, "image_size": size}
+                if fw != "cnnjax":
+                    out.append(row)
+                    continue
+                for setting in materialize:  # one cnnjax row per barrier setting
+                    out.append({**row, "materialize": setting})
     if pipeline:
         for name in ("digits", "cifar_shaped"):
             out.append({**base, "model": name, "framework": "grain", "mode": "pipeline",
@@ -308,8 +321,9 @@ def measure(job: dict, timeout: int = 3600) -> dict:
 def format_row(r: dict) -> str:
     if "error" in r:
         return f"{r['model']:<16} {r['framework']:<20} {r['mode']:<8} error: {r['error']}"
+    fw = r["framework"] + (f"[m={r['materialize']}]" if "materialize" in r else "")
     return (
-        f"{r['model']:<16} {r['framework']:<20} {r['mode']:<8} {r['batch']:>5} "
+        f"{r['model']:<16} {fw:<20} {r['mode']:<8} {r['batch']:>5} "
         f"{r['image_size']:>4}px {r['img_per_s']:>9.1f} img/s {r['step_ms']:>9.1f} ms "
         f"compile {r['compile_s']:>6.1f}s rss {r['peak_rss_mb']:>7.0f} MB"
     )
@@ -359,11 +373,19 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     modes = MODES if FLAGS.mode == "both" else (FLAGS.mode,)
+    from cnnjax.models.rewrite import MATERIALIZE_CHOICES
+
+    materialize = tuple(v for v in FLAGS.materialize.split(",") if v)
+    bad = [v for v in materialize if v not in MATERIALIZE_CHOICES] or ([] if materialize else [""])
+    if bad:
+        print(f"error: --materialize={FLAGS.materialize!r}: each value must be one of "
+              f"{list(MATERIALIZE_CHOICES)}", file=sys.stderr)  # fmt: skip
+        sys.exit(EXIT_BAD_INPUT)
     if not FLAGS.json:
         print(f"load average before: {os.getloadavg()}", flush=True)
     for job in jobs(models, modes, frameworks, FLAGS.batch, FLAGS.image_size, FLAGS.dtype,
                     FLAGS.conv, FLAGS.steps, FLAGS.windows, FLAGS.pipeline,
-                    FLAGS.batch_norm):  # fmt: skip
+                    FLAGS.batch_norm, materialize):  # fmt: skip
         row = measure(job)
         row["load_avg_1m"] = os.getloadavg()[0]
         print(json.dumps(row) if FLAGS.json else format_row(row), flush=True)
