@@ -148,7 +148,9 @@ def _partitioned(ndim: int):
 
 @jax.custom_batching.custom_vmap
 def _materialize_op(x):
-    _register()
+    ok, why = _status()  # one build attempt per process, not one per trace
+    if not ok:
+        raise Unavailable(why)
     return _partitioned(x.ndim)(x)
 
 
