@@ -4,6 +4,7 @@ workdirs (tests/test_sweep.py covers the tables)."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -132,29 +133,39 @@ def test_metrics_limits_the_table_and_figures_to_the_chosen_eval_metrics(tmp_pat
     assert not (sweep_dir / "eval_loss.png").exists()
 
 
-def test_plain_vs_residual_depth_figure_reads_finished_points(tmp_path, capsys):
-    """experiments/plain_vs_residual/depth_figure.py: train error from the last logged train
-    rows, test error from the final eval, unfinished points left out."""
+def _fake_point(d, rows, exit_code, num_steps=30):
+    """A point workdir as the sweep leaves it: config.json, sweep_status.json, metrics.jsonl."""
+    d.mkdir()
+    (d / "config.json").write_text(
+        json.dumps({"train": {"seed": 0, "num_steps": num_steps, "num_epochs": 0}})
+    )
+    (d / "sweep_status.json").write_text(json.dumps({"exit_code": exit_code, "pid": 0}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _load_script(path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "depth_figure", "experiments/plain_vs_residual/depth_figure.py"
-    )
-    fig = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fig)
-    for name, train_acc, eval_acc, state in (
-        ("plain20_s0", (0.5, 0.9, 0.8), 0.85, "done"),
-        ("resnet20_s0", (0.9, 1.0, 1.0), 0.97, "done"),
-        ("plain56_s0", (0.1, 0.2, 0.3), 0.25, "running"),
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plain_vs_residual_depth_figure_reads_finished_points(tmp_path, capsys):
+    """experiments/plain_vs_residual/depth_figure.py: train error from the last logged train
+    rows, test error from the final eval, a failed point left out."""
+    fig = _load_script("experiments/plain_vs_residual/depth_figure.py")
+    for name, train_acc, eval_acc, code in (
+        ("plain20_s0", (0.5, 0.9, 0.8), 0.85, 0),
+        ("resnet20_s0", (0.9, 1.0, 1.0), 0.97, 0),
+        ("plain56_s0", (0.1, 0.2, 0.3), 0.25, 1),  # failed: not in the figure
     ):
-        d = tmp_path / name
-        d.mkdir()
         rows = [{"step": 10 * (i + 1), "split": "train", "accuracy": a}
                 for i, a in enumerate(train_acc)]  # fmt: skip
         rows += [{"step": 5, "split": "eval", "accuracy": 0.1},
                  {"step": 30, "split": "eval", "accuracy": eval_acc}]  # fmt: skip
-        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (d / "sweep_status.json").write_text(json.dumps({"state": state}))
+        _fake_point(tmp_path / name, rows, code)
     out = tmp_path / "fig.png"
     assert fig.main([f"--sweep_dir={tmp_path}", f"--out={out}", "--last=2"]) == 0
     printed = capsys.readouterr().out
@@ -167,24 +178,17 @@ def test_plain_vs_residual_depth_figure_reads_finished_points(tmp_path, capsys):
 def test_activations_layer_figure_orders_convolutions_input_to_output(tmp_path, capsys):
     """experiments/activations/layer_figure.py: the convolutions' gradient norms in network
     order (stem, then stage / block / conv), at the diagnostics step nearest --step."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "layer_figure", "experiments/activations/layer_figure.py"
-    )
-    fig = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fig)
-    d = tmp_path / "tanh_s0"
-    d.mkdir()
+    fig = _load_script("experiments/activations/layer_figure.py")
     norms = {"grad_norm/layer2_0/conv1": 3.0, "grad_norm/layer1_1/conv2": 2.5,
              "grad_norm/conv1": 8.0, "grad_norm/layer1_0/conv1": 4.0, "grad_norm/fc": 1.0,
              "grad_norm/layer1_0/bn1": 9.0, "grad_norm/layer10_0/conv1": 0.5}  # fmt: skip
     rows = [{"step": 100, "split": "diagnostics", **norms},
             {"step": 400, "split": "diagnostics", **{k: 1.0 for k in norms}},
             {"step": 100, "split": "train", "loss": 1.0}]  # fmt: skip
-    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert fig.layer_norms(d, 120) == (100, [8.0, 4.0, 2.5, 3.0, 0.5])
-    assert fig.layer_norms(d, 300)[0] == 400
+    _fake_point(tmp_path / "tanh_s0", rows, None)  # still running: its diagnostics so far count
+    (run,) = report.collect(tmp_path)
+    assert fig.layer_norms(run, 120) == (100, [8.0, 4.0, 2.5, 3.0, 0.5])
+    assert fig.layer_norms(run, 300)[0] == 400
     out = tmp_path / "fig.png"
     assert fig.main([f"--sweep_dir={tmp_path}", f"--out={out}", "--step=100"]) == 0
     assert "| tanh_s0 | 100 | 5 | 8 | 0.5 | 16 |" in capsys.readouterr().out

@@ -4,17 +4,19 @@ layer by layer).
     .venv/bin/python experiments/activations/layer_figure.py [--sweep_dir=runs/sweeps/activations]
         [--step=100] [--out=experiments/activations/grad_norm_by_layer.png]
 
-Reads the 'diagnostics' rows (train.diagnostics_every_steps) of each point's metrics.jsonl and
-plots `grad_norm/<conv>` of every convolution in network order (the stem `conv1`, then
-`layer<stage>_<block>/conv<k>`) at the diagnostics step closest to --step, one line per point
-(log scale). Prints, per point, the first and last convolution's gradient norm and their ratio.
+Reads the 'diagnostics' rows (train.diagnostics_every_steps) of each point, as
+cnnjax.tools.report reads a sweep (the last row per step), and plots `grad_norm/<conv>` of
+every convolution in network order (the stem `conv1`, then `layer<stage>_<block>/conv<k>`) at
+the diagnostics step closest to --step, one line per point (log scale). Prints, per point,
+the first and last convolution's gradient norm and their ratio.
 """
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
+
+from cnnjax.tools import report
 
 CONV = re.compile(r"^grad_norm/(?:conv1|layer(\d+)_(\d+)/conv(\d+))$")
 
@@ -27,16 +29,15 @@ def conv_order(key: str) -> tuple[int, int, int] | None:
     return (0, 0, 0) if m.group(1) is None else tuple(int(g) for g in m.groups())
 
 
-def layer_norms(workdir: Path, step: int) -> tuple[int, list[float]] | None:
+def layer_norms(run: report.PointRun, step: int) -> tuple[int, list[float]] | None:
     """(the diagnostics step used, conv gradient norms in network order) or None."""
-    path = workdir / "metrics.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
-    diag = [r for r in rows if r.get("split") == "diagnostics"]
+    diag = run.rows.get("diagnostics", {})
     if not diag:
         return None
-    row = min(diag, key=lambda r: (abs(r["step"] - step), r["step"]))
+    nearest = min(diag, key=lambda s: (abs(s - step), s))
+    row = diag[nearest]
     convs = sorted((conv_order(k), v) for k, v in row.items() if conv_order(k) is not None)
-    return row["step"], [v for _, v in convs]
+    return nearest, [v for _, v in convs]
 
 
 def main(argv=None) -> int:
@@ -45,12 +46,12 @@ def main(argv=None) -> int:
     p.add_argument("--step", type=int, default=100)
     p.add_argument("--out", default="experiments/activations/grad_norm_by_layer.png")
     args = p.parse_args(argv)
-    root = Path(args.sweep_dir)
+    runs = report.collect(args.sweep_dir) if Path(args.sweep_dir).is_dir() else []
     found = {}
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        got = layer_norms(d, args.step) if d.is_dir() else None
+    for run in runs:
+        got = layer_norms(run, args.step)
         if got and got[1]:
-            found[d.name] = got
+            found[run.name] = got
     if not found:
         print(f"no diagnostics rows under {args.sweep_dir}", file=sys.stderr)
         return 2

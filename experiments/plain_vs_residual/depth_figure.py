@@ -14,25 +14,24 @@ seeds, with each seed as a dot. Prints the numbers it plots.
 
 import argparse
 import collections
-import json
 import re
 import sys
 from pathlib import Path
 
+from cnnjax.tools import report
+
 NAME = re.compile(r"^(plain|resnet)(\d+)_s(\d+)$")
 
 
-def errors(workdir: Path, last: int) -> tuple[float, float] | None:
-    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines() if x]
-    status = workdir / "sweep_status.json"
-    if not status.exists() or json.loads(status.read_text()).get("state") != "done":
-        return None
-    train = [r["accuracy"] for r in rows if r.get("split") == "train" and "accuracy" in r]
-    evals = [r for r in rows if r.get("split") == "eval" and "accuracy" in r]
-    if not train or not evals:
+def errors(run: report.PointRun, last: int) -> tuple[float, float] | None:
+    """(train error, test error) of a finished point (cnnjax.tools.report's reading of its
+    workdir: the sweep's own 'done', the last row per step), else None."""
+    train = [r["accuracy"] for r in run.rows.get("train", {}).values() if "accuracy" in r]
+    evals = [r for r in run.rows.get("eval", {}).values() if "accuracy" in r]
+    if run.state != "done" or not train or not evals:
         return None
     tail = train[-last:]
-    return 1 - sum(tail) / len(tail), 1 - max(evals, key=lambda r: r["step"])["accuracy"]
+    return 1 - sum(tail) / len(tail), 1 - evals[-1]["accuracy"]
 
 
 def main(argv=None) -> int:
@@ -42,9 +41,10 @@ def main(argv=None) -> int:
     p.add_argument("--last", type=int, default=8, help="training rows averaged (default 8)")
     args = p.parse_args(argv)
     found = collections.defaultdict(list)  # (kind, depth) -> [(train_err, test_err)]
-    for d in sorted(Path(args.sweep_dir).iterdir()) if Path(args.sweep_dir).is_dir() else []:
-        m = NAME.match(d.name)
-        e = errors(d, args.last) if m and (d / "metrics.jsonl").exists() else None
+    runs = report.collect(args.sweep_dir) if Path(args.sweep_dir).is_dir() else []
+    for run in runs:
+        m = NAME.match(run.name)
+        e = errors(run, args.last) if m else None
         if e:
             found[(m.group(1), int(m.group(2)))].append(e)
     if not found:
