@@ -7,6 +7,7 @@
 #       the suite leaves out; CI's 2nd stage)
 #   ./launch.sh bench [--models=a,b] [--mode=train|eval|both] [--batch=N] [--json]
 #   ./launch.sh bench-ops [--boxes=1000,6000] [--json] [--out=FILE]   (NMS, RoIAlign, RoI pool)
+#   ./launch.sh bench-depthwise [--layers=32x112x112x32:3:1] [--json]  (one depthwise layer)
 #   ./launch.sh bench-detection [--image_size=64] [--batch=16] [--json]  (Faster R-CNN)
 #   ./launch.sh chaos [--kills=N]   (a smoke run under N random kill -9s ends bitwise equal)
 #   ./launch.sh sweep experiments/NAME/sweep.py [--parallel=N] [--dry-run] [--point-index=I]
@@ -62,6 +63,8 @@ commands:
             torchvision.ops at 1k and 6k boxes)
   bench-detection  python -m cnnjax.tools.bench_detection ARGS  (Faster R-CNN training and
             inference img/s against torchvision's FasterRCNN of the same design)
+  bench-depthwise  python -m cnnjax.tools.bench_depthwise ARGS  (one depthwise layer, forward
+            and each gradient: XLA, cnnjax's shifted multiplies, PyTorch)
   chaos     python -m cnnjax.tools.chaos ARGS  (--kills=N random kill -9s + restarts of a smoke
             run; exit 0 only if it ends bitwise equal to an uninterrupted one)
   sweep     python -m cnnjax.tools.sweep ARGS  (every point of experiments/NAME/sweep.py in its
@@ -93,6 +96,7 @@ case "$cmd" in
   report) bootstrap; exec "$VENV/bin/python" -m cnnjax.tools.report "$@" ;;
   bench) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench "$@" ;;
   bench-ops) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench_ops "$@" ;;
+  bench-depthwise) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench_depthwise "$@" ;;
   bench-detection) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench_detection "$@" ;;
   python) bootstrap; exec "$VENV/bin/python" "$@" ;;
   -h|--help|help) usage ;;

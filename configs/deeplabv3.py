@@ -10,10 +10,8 @@ fraction of the map; at 8x8 they would only ever hit padding. Arguments: `resnet
 paper's / torchvision's backbone and rates 12/24/36 at stride 8: `deeplabv3_resnet50`'s
 exact layers), `os16` (output stride 16), `pets` (Oxford-IIIT Pet trimaps at 128 px), `smoke`.
 
-Measured (2026-12-01, 2-core CPU): test **mIoU 0.8345** (pixel accuracy 0.981, per-class IoU
-0.76-0.88 over the digits, background 0.98) after 1,200 steps in 29m40s — on a machine shared
-with other jobs (load average 5-9); the step alone is 768 ms at batch 16 on an idle machine
-(about 16 minutes for the run).
+Measured (2026-12-02, 2-core CPU, idle machine, the session-7 speed defaults): test **mIoU
+0.8335** (pixel accuracy 0.981) after 1,200 steps in 14m19s (1.4 steps/s); 0.8025 at step 800.
 """
 
 from cnnjax.config import base as configlib

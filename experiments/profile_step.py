@@ -8,7 +8,12 @@ times it, traces `--steps` steps with `jax.profiler.trace` and reads the trace b
 kernel intervals on all streams), kernels per step, and the kernels grouped by kind
 (convolution, GEMM, XLA fusion by type, copies) with their share. The gap between wall and
 busy time is per-step overhead (launches, host sync); busy time split by kind says what
-the math costs. On CPU only the wall time and the XLA thunk counts are meaningful.
+the math costs. On CPU it reads the XLA:CPU thunks (one event per HLO instruction run, on
+the runtime's worker threads) and groups them the same way by instruction name; the thunks
+of a step run partly in parallel on the cores, so their sum can exceed the wall time.
+
+    python experiments/profile_step.py --model=mobilenet_v2 --batch=32 --dtype=float32 \
+        --steps=2 --depthwise=shifted
 """
 
 import argparse
@@ -19,13 +24,18 @@ import tempfile
 import time
 
 KINDS = (
-    ("convolution (cuDNN)", re.compile(r"conv|xmma|implicit|cudnn|dgrad|wgrad|fprop", re.I)),
-    ("GEMM (cuBLAS/cutlass)", re.compile(r"gemm|cutlass|cublas|matmul", re.I)),
+    ("convolution", re.compile(r"conv|xmma|implicit|cudnn|dgrad|wgrad|fprop", re.I)),
+    ("GEMM / dot", re.compile(r"gemm|cutlass|cublas|matmul|^dot", re.I)),
+    ("custom call", re.compile(r"custom", re.I)),
     ("reduction fusion", re.compile(r"reduce|reduction|input_", re.I)),
     ("triton fusion", re.compile(r"triton", re.I)),
     ("copy/transpose", re.compile(r"copy|transpose|memcpy|memset", re.I)),
     ("loop fusion", re.compile(r"fusion|loop_", re.I)),
 )
+
+
+# XLA:CPU runtime events that are not HLO instructions.
+CPU_BOOKKEEPING = ("ThreadpoolListener", "ThunkExecutor", "end: ", "Eigen", "tsl::")
 
 
 def kind_of(name: str) -> str:
@@ -35,12 +45,14 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def build(model_name: str, batch: int, dtype: str, image_size: int, batch_norm: str):
-    """The train step of `./launch.sh bench` (cnnjax.tools.bench.compiled_step)."""
+def build(model_name: str, batch: int, dtype: str, image_size: int, batch_norm: str, **variant):
+    """The train step of `./launch.sh bench` (cnnjax.tools.bench.compiled_step); `variant`:
+    conv, materialize, depthwise as in the bench."""
     from cnnjax.tools.bench import _image_size, compiled_step
 
     job = {"model": model_name, "batch": batch, "dtype": dtype, "conv": "auto", "mode": "train",
-           "batch_norm": batch_norm, "image_size": _image_size(model_name, image_size)}  # fmt: skip
+           "batch_norm": batch_norm, "image_size": _image_size(model_name, image_size),
+           **variant}  # fmt: skip
     step, state, data, _ = compiled_step(job)
     return step, state, data
 
@@ -69,6 +81,16 @@ def summarise(xplane_path: str, steps: int) -> dict:
                 continue
             for e in line.events:
                 kernels.append((e.name, e.start_ns, e.start_ns + e.duration_ns))
+    if not kernels:  # XLA:CPU: the thunks on the runtime's threads
+        for plane in data.planes:
+            if plane.name != "/host:CPU":
+                continue
+            for line in plane.lines:
+                if not line.name.startswith("tf_XLA"):
+                    continue
+                for e in line.events:
+                    if not e.name.startswith(CPU_BOOKKEEPING):
+                        kernels.append((e.name, e.start_ns, e.start_ns + e.duration_ns))
     by_kind, by_name = collections.Counter(), collections.Counter()
     count = collections.Counter()
     for name, a, b in kernels:
@@ -92,11 +114,17 @@ def main():
     p.add_argument("--image_size", type=int, default=0)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch_norm", default="cnnjax", choices=["cnnjax", "flax"])
+    p.add_argument("--materialize", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--depthwise", default="auto", choices=["auto", "shifted", "xla"])
+    p.add_argument("--timed", type=int, default=20, help="Steps timed before the trace.")
     args = p.parse_args()
 
     import jax
 
-    step, state, data = build(args.model, args.batch, args.dtype, args.image_size, args.batch_norm)
+    import cnnjax  # noqa: F401  (the project's XLA flags, as in the bench)
+
+    step, state, data = build(args.model, args.batch, args.dtype, args.image_size, args.batch_norm,
+                              materialize=args.materialize, depthwise=args.depthwise)  # fmt: skip
     box = [state, None]
 
     def run(n):
@@ -106,8 +134,8 @@ def main():
 
     run(3)
     t = time.perf_counter()
-    run(20)
-    wall_ms = (time.perf_counter() - t) / 20 * 1e3
+    run(args.timed)
+    wall_ms = (time.perf_counter() - t) / args.timed * 1e3
     print(f"{args.model} {args.dtype} batch {args.batch} {args.batch_norm} BN on "
           f"{jax.devices()[0].device_kind}: {wall_ms:.2f} ms/step, "
           f"{args.batch / wall_ms * 1e3:,.0f} img/s")  # fmt: skip
@@ -117,7 +145,7 @@ def main():
         path = sorted(glob.glob(f"{d}/**/*.xplane.pb", recursive=True))[-1]
         s = summarise(path, args.steps)
     if not s["kernels_per_step"]:
-        print("no GPU kernels in the trace (CPU run): only the wall time above applies")
+        print("no kernels or XLA:CPU thunks in the trace: only the wall time above applies")
         return
     print(f"device busy {s['busy_ms_per_step']:.2f} ms/step ({s['busy_ms_per_step'] / wall_ms:.0%}"
           f" of wall), kernel time {s['kernel_ms_per_step']:.2f} ms, "

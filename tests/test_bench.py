@@ -2,6 +2,7 @@
 and for the grain input pipeline; bad names exit 2."""
 
 import json
+import os
 
 import pytest
 
@@ -80,3 +81,53 @@ def test_detection_bench_rows_for_cnnjax_and_torchvision():
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["mode"] for r in rows] == ["train", "infer"]
     assert all(r["cnnjax_img_s"] > 0 and r["torchvision_img_s"] > 0 for r in rows)
+
+
+def test_cnnjax_rows_are_the_product_of_the_swept_settings_and_ynn_reaches_xla_flags():
+    from cnnjax.tools import bench
+
+    rows = bench.jobs(["mobilenet_v2"], ["train"], ["cnnjax", "torch_eager"], 4, 0, "float32",
+                      ("patch", "xla"), 1, 1, False, materialize=("on",),
+                      depthwise=("shifted", "xla"), ynn=("default", "reduce"))  # fmt: skip
+    cnnjax_rows = [r for r in rows if r["framework"] == "cnnjax"]
+    assert len(cnnjax_rows) == 8 and len(rows) == 9
+    assert {(r["conv"], r["depthwise"], r["ynn"]) for r in cnnjax_rows} == {
+        (c, d, y)
+        for c in ("patch", "xla")
+        for d in ("shifted", "xla")
+        for y in ("default", "reduce")
+    }
+    assert "conv" not in rows[-1] and rows[-1]["framework"] == "torch_eager"
+    flag = "--xla_cpu_experimental_ynn_fusion_type"
+    env = bench._job_env({"ynn": "reduce+dot"})
+    assert f"{flag}=reduce,dot" in env["XLA_FLAGS"].split()
+    assert env["XLA_FLAGS"].count(flag) == 1
+    assert f"{flag}=" in bench._job_env({"ynn": "none"})["XLA_FLAGS"].split()
+    assert bench._job_env({"ynn": "default"}).get("XLA_FLAGS") == os.environ.get("XLA_FLAGS")
+    shown = bench.format_row({**cnnjax_rows[1], "img_per_s": 1.0, "step_ms": 1.0,
+                              "compile_s": 1.0, "peak_rss_mb": 1.0})  # fmt: skip
+    assert "cnnjax[conv=patch,materialize=on,depthwise=shifted,ynn=reduce]" in shown
+
+
+@pytest.mark.parametrize(
+    "arg,allowed",
+    [("--depthwise=fast", "'auto', 'shifted', 'xla'"), ("--ynn=Reduce!", "'default', 'none'"),
+     ("--conv=winograd", "'auto', 'xla', 'patch'")],
+)  # fmt: skip
+def test_bench_bad_variant_values_exit_2(arg, allowed):
+    proc = run_cli("cnnjax.tools.bench", "--models=resnet20_cifar", arg)
+    assert proc.returncode == 2
+    assert arg.split("=")[0] in proc.stderr and allowed in proc.stderr
+
+
+def test_bench_depthwise_times_each_part_four_ways():
+    proc = run_cli("cnnjax.tools.bench_depthwise", "--layers=2x8x8x4:3:2", "--steps=1",
+                   "--windows=1", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    impls = ["xla grouped conv", "cnnjax shifted", "torch NCHW", "torch channels_last"]
+    parts = ["forward", "input grad", "weight grad", "train"]
+    assert [(r["impl"], r["part"]) for r in rows] == [(i, p) for i in impls for p in parts]
+    assert all(r["ms"] > 0 and r["layer"] == "2x8x8x4:3:2" for r in rows)
+    bad = run_cli("cnnjax.tools.bench_depthwise", "--layers=32x112x32:3")
+    assert bad.returncode == 2 and "'32x112x32:3' is not BATCHxHxWxC:KERNEL:STRIDE" in bad.stderr

@@ -5,6 +5,8 @@ step reaching every parameter, speed rewrites reaching the backbone, configurati
 Structure tests trace abstractly (jax.eval_shape); forwards compile with XLA's O0 backend.
 """
 
+import inspect
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -179,7 +181,8 @@ def test_speed_rewrites_reach_the_backbone():
         m = context.module
         if isinstance(m, nn.Conv | nn.BatchNorm | BatchNorm):
             fn = getattr(m, "conv_general_dilated", None)
-            fn = getattr(fn, "__wrapped__", fn)  # behind the recompute barrier (materialize)
+            # behind the recompute barrier and the depthwise dispatch (each functools.wraps)
+            fn = inspect.unwrap(fn) if fn is not None else None
             patch = fn is patch_conv.conv_general_dilated
             kinds["/".join(m.scope.path)] = (type(m), patch, m.dtype)
         return next_fun(*args, **kwargs)

@@ -31,7 +31,7 @@ needs_barrier = pytest.mark.skipif(
 
 def _cfg(**kw):
     base = {"compute_dtype": "float32", "conv": "xla", "batch_norm": "cnnjax",
-            "materialize": "on"}  # fmt: skip
+            "materialize": "on", "depthwise": "xla"}  # fmt: skip
     return ml_collections.ConfigDict({**base, **kw})
 
 

@@ -132,3 +132,85 @@ def test_a_config_names_the_activation():
     assert float(jnp.min(leaky.apply(variables, x, train=False)[1]["stem"])) < 0.0
     with pytest.raises(ConfigError, match="model.kwargs.act: unknown activation 'tahn'.*tanh"):
         models.create("plain20_cifar", num_classes=10, act="tahn")
+
+
+def _closed_form(kernels=(3, 3), bottleneck=False, batch_norm=True, n=3, width=16, classes=10):
+    """Parameters of a CIFAR ResNet with option-A shortcuts, counted layer by layer."""
+    total = 3 * 3 * 3 * width + (2 * width if batch_norm else width)  # stem conv (+ BN | bias)
+    cin = width
+    for i in range(3):
+        w = width * 2**i
+        for _ in range(n):
+            if bottleneck:
+                layers = ((1, w), (3, w), (1, 4 * w))
+            else:
+                layers = tuple((k, w) for k in kernels)
+            c = cin
+            for k, out in layers:
+                total += k * k * c * out + (2 * out if batch_norm else out)
+                c = out
+            cin = c
+    return total + cin * classes + classes
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"kernels": (5,)}, {"kernels": (3, 3, 3)}, {"kernels": (7,)}, {"batch_norm": False},
+     {"kernels": (5,), "batch_norm": False}],
+)  # fmt: skip
+def test_cifar_ablation_options_have_their_closed_form_counts(kwargs):
+    assert count("resnet20_cifar", 16, 10, **kwargs) == _closed_form(**kwargs)
+    assert _closed_form() == count("resnet20_cifar", 32, 10)  # the formula is the paper's net
+
+
+def test_cifar_bottleneck_blocks_count_and_shapes():
+    # depth 9n+2: resnet56_cifar with bottlenecks has n = 6 blocks per stage
+    assert count("resnet56_cifar", 16, 10, bottleneck=True) == _closed_form(bottleneck=True, n=6)
+    assert count("resnet56_cifar", 16, 10, bottleneck=True, width=11) == _closed_form(
+        bottleneck=True, n=6, width=11
+    )
+    # ResNet-164 (He et al. 2016, Table 3: 1.7M parameters; theirs has pre-activation BN and
+    # three projection shortcuts, ours option A)
+    from cnnjax.models.resnet_cifar import CifarResNet
+
+    net = CifarResNet(num_classes=10, depth=164, bottleneck=True)
+    v = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(v["params"]))
+    assert n == _closed_form(bottleneck=True, n=18) and round(n / 1e6, 1) == 1.7
+    model = models.create("resnet56_cifar", num_classes=10, bottleneck=True)
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    variables = model.init(jax.random.key(1), x, train=False)
+    logits, feats = model.apply(variables, x, train=False)
+    assert logits.shape == (2, 10)
+    assert feats["stage1"].shape == (2, 16, 16, 64) and feats["stage3"].shape == (2, 4, 4, 256)
+
+
+def test_cifar_without_batch_norm_has_no_batch_stats_and_trains_as_a_function():
+    model = models.create("plain20_cifar", num_classes=10, batch_norm=False)
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    variables = model.init(jax.random.key(1), x, train=False)
+    assert "batch_stats" not in variables
+    a, _ = model.apply(variables, x, train=True)
+    b, _ = model.apply(variables, x, train=False)
+    np.testing.assert_array_equal(a, b)  # nothing depends on train mode
+    assert "conv1" in variables["params"]["layer1_0"] and "bias" in variables["params"]["conv1"]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"kernels": (4,)}, r"kernels must be a non-empty tuple of odd sizes.*\(4,\)"),
+     ({"kernels": ()}, "kernels must be a non-empty tuple"),
+     ({"bottleneck": True, "kernels": (5,)}, "cannot be combined with bottleneck=True"),
+     ({"depth": 22}, "depth must be 6n\\+2"),
+     ({"depth": 32, "bottleneck": True}, "depth must be 9n\\+2 for bottleneck blocks")],
+)  # fmt: skip
+def test_cifar_bad_ablation_options_name_themselves(kwargs, match):
+    from cnnjax.models.resnet_cifar import CifarResNet
+
+    with pytest.raises(ConfigError, match=match):
+        CifarResNet(num_classes=10, **kwargs).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_a_registry_entry_refuses_another_depth():
+    with pytest.raises(ConfigError, match="resnet20_cifar.*depth=20.*depth=56"):
+        models.create("resnet20_cifar", num_classes=10, depth=56)

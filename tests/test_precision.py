@@ -15,8 +15,9 @@ from cnnjax.config.validate import check_speed, check_values
 from cnnjax.engine.state import create_state
 from cnnjax.errors import ConfigError
 from cnnjax.logs.writers import read_metrics
-from cnnjax.models import rewrite
+from cnnjax.models import patch_conv, rewrite
 from cnnjax.models.patch_conv import PatchConv, conv_for_backend
+from cnnjax.models.patch_conv import _patches as patches
 from tests.conftest import classification_step, image_inputs, load_config, run_cli
 
 SMOKE = "--config=configs/resnet20_cifar.py:digits,smoke"
@@ -140,14 +141,22 @@ def test_ema_follows_the_documented_update_and_is_kept_for_bn_stats():
 
 
 @pytest.mark.parametrize(
-    "kernel,strides,padding",
-    [(3, 1, ((1, 1), (1, 1))), (3, 2, ((1, 1), (1, 1))), (1, 2, "VALID"), (7, 2, "SAME"),
-     (2, 2, "VALID")],
+    "kernel,strides,padding,dilation",
+    [(3, 1, ((1, 1), (1, 1)), 1), (3, 2, ((1, 1), (1, 1)), 1), (1, 2, "VALID", 1),
+     (7, 2, "SAME", 1), (2, 2, "VALID", 1), (3, 1, ((2, 2), (2, 2)), 2), (3, 1, "SAME", 3),
+     (3, 2, ((0, 1), (2, 1)), 2)],
 )  # fmt: skip
-def test_patch_conv_matches_nn_conv_with_the_same_parameters(kernel, strides, padding):
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 9, 5)), jnp.float32)
-    ref = nn.Conv(6, (kernel, kernel), (strides, strides), padding=padding, use_bias=True)
-    fast = PatchConv(6, (kernel, kernel), (strides, strides), padding=padding, use_bias=True)
+def test_patch_conv_matches_nn_conv_with_the_same_parameters(
+    kernel, strides, padding, dilation, monkeypatch
+):
+    # im2col for every width here (it is used from MIN_CHANNELS input channels up)
+    monkeypatch.setattr(patch_conv, "MIN_CHANNELS", 1)
+    calls = []
+    monkeypatch.setattr(patch_conv, "_patches", lambda *a: calls.append(a) or patches(*a))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 11, 11, 5)), jnp.float32)
+    kw = {"padding": padding, "use_bias": True, "kernel_dilation": (dilation, dilation)}
+    ref = nn.Conv(6, (kernel, kernel), (strides, strides), **kw)
+    fast = PatchConv(6, (kernel, kernel), (strides, strides), **kw)
     variables = ref.init(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x)) == jax.tree.map(
         jnp.shape, variables
@@ -157,6 +166,7 @@ def test_patch_conv_matches_nn_conv_with_the_same_parameters(kernel, strides, pa
     grads = jax.grad(loss(fast))(variables), jax.grad(loss(ref))(variables)
     for a, b in zip(*map(jax.tree.leaves, grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert calls or kernel == 1  # im2col was used (1x1 convolutions are a plain einsum)
 
 
 def test_patch_conv_resnet_matches_xla_conv_resnet():
@@ -175,12 +185,22 @@ def test_patch_conv_resnet_matches_xla_conv_resnet():
 
 
 def test_conv_choice_by_backend_and_bad_values():
-    assert conv_for_backend("auto", "cpu") is PatchConv
-    assert conv_for_backend("auto", "gpu") is nn.Conv
-    assert conv_for_backend("xla", "cpu") is nn.Conv
+    # im2col is an option, no longer the CPU default (BENCHMARKS.md, "CPU: im2col re-decided")
+    assert conv_for_backend("auto", "cpu", depthwise="xla") is nn.Conv
+    assert conv_for_backend("patch", "cpu", depthwise="xla") is PatchConv
+    assert conv_for_backend("auto", "gpu") is nn.Conv  # depthwise 'auto' is XLA's off the CPU
+    assert conv_for_backend("xla", "cpu", depthwise="xla") is nn.Conv
+    # on the CPU, 'auto' computes depthwise convolutions as shifted multiplies
+    shifted = conv_for_backend("xla", "cpu")
+    assert shifted is conv_for_backend("xla", "cpu", depthwise="shifted") is not nn.Conv
+    assert shifted.keywords["conv_general_dilated"].shifted_depthwise
     for bad, match in [
         ({"compute_dtype": "float16"}, r"train.compute_dtype must be one of \['float32', 'b"),
         ({"conv": "winograd"}, "train.conv must be one of .* got 'winograd'"),
+        (
+            {"depthwise": "fft"},
+            r"train.depthwise must be one of \['auto', 'shifted', 'xla'\], got 'fft'",
+        ),
         ({"ema_decay": 1.0}, r"train.ema_decay must be a number in \[0, 1\), got 1.0"),
         ({"grad_accum_steps": 0}, "train.grad_accum_steps must be an integer >= 1, got 0"),
     ]:

@@ -2,6 +2,8 @@
 set), the paper's Figure 1 map sizes with unpadded convolutions, crop-and-copy alignment,
 shapes, a train step reaching every parameter, speed rewrites, configuration errors."""
 
+import inspect
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -179,7 +181,8 @@ def test_speed_rewrites_reach_every_layer():
         m = context.module
         if isinstance(m, nn.Conv | nn.BatchNorm | BatchNorm):
             fn = getattr(m, "conv_general_dilated", None)
-            fn = getattr(fn, "__wrapped__", fn)  # behind the recompute barrier (materialize)
+            # behind the recompute barrier and the depthwise dispatch (each functools.wraps)
+            fn = inspect.unwrap(fn) if fn is not None else None
             patch = fn is patch_conv.conv_general_dilated
             kinds["/".join(m.scope.path)] = (type(m), patch, m.dtype)
         return next_fun(*args, **kwargs)

@@ -4,6 +4,7 @@ import jax
 
 from cnnjax.errors import ConfigError
 from cnnjax.models.layers import maps_by_stride
+from cnnjax.models.patch_conv import DEPTHWISE_CHOICES
 from cnnjax.models.rewrite import BATCH_NORMS, COMPUTE_DTYPES, CONV_CHOICES, MATERIALIZE_CHOICES
 
 # The allowed values of the config's choice settings (the engine builds from these names).
@@ -112,6 +113,7 @@ DOMAINS: dict[str, Domain] = {
     "train.conv": _choice(CONV_CHOICES),
     "train.batch_norm": _choice(tuple(BATCH_NORMS)),
     "train.materialize": _choice(MATERIALIZE_CHOICES),
+    "train.depthwise": _choice(DEPTHWISE_CHOICES),
     "train.grad_accum_steps": _int(1),
     "train.ema_decay": _real(0, 1),
     "train.compilation_cache_dir": TEXT,

@@ -76,7 +76,7 @@ def fields(name: str) -> set[str]:
 # Fields a registry entry fixes that decide what the network *is* (a plain net has no
 # shortcuts): `create` refuses to change them, since the run would report the entry's name for
 # another network (e.g. a config's shortcut='A' silently turning plain56_cifar residual).
-IDENTITY_FIELDS = frozenset({"shortcut"})
+IDENTITY_FIELDS = frozenset({"shortcut", "depth"})
 
 
 def create(name: str, *, module_name: str | None = None, **kwargs):

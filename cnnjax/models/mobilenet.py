@@ -52,7 +52,8 @@ class MobileNetV1(nn.Module):
     """Keras MobileNet: 3x3/2 conv, 13 depthwise-separable blocks, global pool, 1x1 conv head."""
 
     # train.materialize='auto' leaves the depthwise family without the CPU recompute barrier:
-    # MobileNet-V2 measured 7% slower with it (BENCHMARKS.md, "CPU: the recompute barrier").
+    # MobileNet-V2 measured 7% slower with it, and 11% slower with the shifted depthwise
+    # convolutions (BENCHMARKS.md, "CPU: the recompute barrier", "CPU: depthwise convolutions").
     RECOMPUTE_BARRIER: ClassVar[bool] = False
 
     num_classes: int
@@ -123,8 +124,9 @@ class MobileNetV2(nn.Module):
     """torchvision MobileNetV2: `features_0`...`features_18`, dropout + Linear `classifier_1`."""
 
     # train.materialize='auto' leaves this family without the CPU recompute barrier: measured
-    # 7% slower with it, on every convolution or on all but the depthwise ones (BENCHMARKS.md,
-    # "CPU: the recompute barrier").
+    # 7% slower with it, on every convolution or on all but the depthwise ones, and 11% slower
+    # with the shifted depthwise convolutions (BENCHMARKS.md, "CPU: the recompute barrier",
+    # "CPU: depthwise convolutions").
     RECOMPUTE_BARRIER: ClassVar[bool] = False
 
     num_classes: int

@@ -1,11 +1,16 @@
-"""Convolution as im2col + matmul, a drop-in for `lax.conv_general_dilated` inside `nn.Conv`.
+"""Convolution as im2col + matmul, a drop-in for `lax.conv_general_dilated` inside `nn.Conv`,
+and the table of convolution modules the trainer picks from (`conv_module`).
 
 XLA:CPU's backward pass for ordinary convolutions transposes activations to CHWN for the
-weight gradient and re-materialises cheap producers into it; written as patches @ kernel the
-whole step is matmuls that XLA:CPU runs well (measured in BENCHMARKS.md). `PatchConv` is
+weight gradient and re-materialised cheap producers into it; written as patches @ kernel the
+whole step was matmuls that XLA:CPU runs well. Since the recompute barrier
+(cnnjax/runtime/materialize.py) stops the re-materialisation, XLA's own convolution is as
+fast or faster on every model measured, with less memory, so `train.conv='auto'` no longer
+picks this; it stays as `train.conv='patch'`, an exact alternative (BENCHMARKS.md). `PatchConv` is
 `nn.Conv` with this function plugged in, so parameter names, shapes and initialisers (and
 therefore checkpoints and torchvision conversion) are exactly nn.Conv's. Cases it does not
-cover (grouped/depthwise, dilated, non-2D) go to `lax.conv_general_dilated` unchanged.
+cover (grouped/depthwise, lhs-dilated, non-2D, narrow) go to `lax.conv_general_dilated`
+unchanged; dilated (atrous) kernels are covered, their taps read the input at dilated offsets.
 """
 
 import functools
@@ -15,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnnjax.ops.depthwise import shifted_depthwise
 from cnnjax.runtime.materialize import materialized_conv
 
 # Narrower inputs stay on XLA's convolution: measured on 2 Zen 3 cores (BENCHMARKS.md), im2col
@@ -59,7 +65,6 @@ def conv_general_dilated(
     simple = (
         _is_nhwc_hwio(dimension_numbers, lhs.ndim)
         and tuple(lhs_dilation or ones) == ones
-        and tuple(rhs_dilation or ones) == ones
         and feature_group_count == 1
         and batch_group_count == 1
         and rhs.shape[-2] >= MIN_CHANNELS
@@ -71,32 +76,36 @@ def conv_general_dilated(
         )  # fmt: skip
     kh, kw, _, cout = rhs.shape
     sh, sw = window_strides
+    dilation = tuple(rhs_dilation or (1, 1))
     if (kh, kw) == (1, 1) and _zero_padding(padding):
         y = jnp.einsum("nhwc,cf->nhwf", lhs[:, ::sh, ::sw, :], rhs[0, 0], precision=precision,
                        preferred_element_type=preferred_element_type)  # fmt: skip
         return y
-    patches = _patches(lhs, kh, kw, window_strides, padding)
+    patches = _patches(lhs, kh, kw, window_strides, padding, dilation)
     kernel = rhs.reshape(-1, cout)  # HWIO flattens in the patches' (kh, kw, C) order
     return jnp.matmul(
         patches, kernel, precision=precision, preferred_element_type=preferred_element_type
     )
 
 
-def _patches(x, kh: int, kw: int, strides, padding):
-    """x [N, H, W, C] -> [N, H', W', kh * kw * C] in HWIO's (kh, kw, C) order.
+def _patches(x, kh: int, kw: int, strides, padding, dilation=(1, 1)):
+    """x [N, H, W, C] -> [N, H', W', kh * kw * C] in HWIO's (kh, kw, C) order; tap (i, j)
+    reads the input at offset (i * dilation[0], j * dilation[1]) (atrous convolution).
 
     Built from kh * kw strided slices of the padded input: pure data movement whose gradient
     is pads and adds. (`lax.conv_general_dilated_patches` is itself a convolution with a
     one-hot kernel of kh * kw * C outputs; its gradient on CPU costs more than the conv.)
     """
     sh, sw = strides
+    dh, dw = dilation
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1  # the dilated window
     if isinstance(padding, str):
-        padding = lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding)
+        padding = lax.padtype_to_pads(x.shape[1:3], (eh, ew), strides, padding)
     pads = tuple(tuple(p) for p in padding)
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    ho, wo = (x.shape[1] - eh) // sh + 1, (x.shape[2] - ew) // sw + 1
     cols = [
-        x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+        x[:, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw, :]
         for i in range(kh)
         for j in range(kw)
     ]
@@ -105,25 +114,69 @@ def _patches(x, kh: int, kw: int, strides, padding):
 
 PatchConv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
-CONVS = {"xla": nn.Conv, "patch": PatchConv}
+# train.depthwise: how depthwise convolutions are computed (cnnjax/ops/depthwise.py).
+DEPTHWISE_CHOICES = ("auto", "shifted", "xla")
+_BASES = {"xla": lax.conv_general_dilated, "patch": conv_general_dilated}
+_MADE: dict = {}
+
+
+def conv_module(name: str, materialize: bool = False, depthwise: str = "xla"):
+    """-> the nn.Conv to build with: `name` 'xla' (XLA's convolution) or 'patch' (im2col for
+    wide undilated ones), `materialize` puts the recompute barrier around each (see
+    cnnjax/runtime/materialize.py), `depthwise` 'shifted' computes depthwise convolutions as
+    shifted multiplies (cnnjax/ops/depthwise.py). Same parameters and values in every case;
+    the same arguments return the same object."""
+    if name not in _BASES:
+        raise ValueError(f"conv implementation {name!r} is not one of {['auto', *_BASES]}")
+    if depthwise not in ("shifted", "xla"):
+        raise ValueError(f"depthwise implementation {depthwise!r} is not 'shifted' or 'xla'")
+    key = (name, bool(materialize), depthwise)
+    if key not in _MADE:
+        if key == ("xla", False, "xla"):
+            module = nn.Conv
+        elif key == ("patch", False, "xla"):
+            module = PatchConv
+        else:
+            fn = _BASES[name]
+            if depthwise == "shifted":
+                fn = shifted_depthwise(fn)
+            if materialize:
+                fn = materialized_conv(fn)
+            module = functools.partial(nn.Conv, conv_general_dilated=fn)
+        _MADE[key] = module
+    return _MADE[key]
+
+
+def is_conv_module(conv) -> bool:
+    """Whether `conv` is one of the modules `conv_module` makes (stock nn.Conv included)."""
+    return conv is nn.Conv or any(conv is m for m in _MADE.values())
+
+
+CONVS = {"xla": conv_module("xla"), "patch": conv_module("patch")}
 # The same convolutions with the recompute barrier around them (cnnjax/runtime/materialize.py):
 # the input and the gradient at the output are materialised once. Same parameters and values.
-MATERIALIZED_CONVS = {
-    "xla": functools.partial(
-        nn.Conv, conv_general_dilated=materialized_conv(lax.conv_general_dilated)
-    ),
-    "patch": functools.partial(
-        nn.Conv, conv_general_dilated=materialized_conv(conv_general_dilated)
-    ),
-}
+MATERIALIZED_CONVS = {name: conv_module(name, materialize=True) for name in CONVS}
 
 
-def conv_for_backend(name: str, backend: str | None = None, materialize: bool = False):
-    """'xla' | 'patch' | 'auto' -> the conv module; 'auto' is PatchConv on CPU (faster there,
-    see BENCHMARKS.md) and nn.Conv on GPU/TPU, where cuDNN/XLA's own convolutions win.
-    `materialize` picks the variant behind the recompute barrier."""
+def resolve_depthwise(setting: str, backend: str | None = None) -> str:
+    """train.depthwise -> 'shifted' | 'xla'. 'auto' is 'shifted' on CPU, where XLA has no
+    depthwise kernel (measured in BENCHMARKS.md), and XLA's own convolution elsewhere."""
+    if setting not in DEPTHWISE_CHOICES:
+        raise ValueError(f"depthwise implementation {setting!r} is not one of {DEPTHWISE_CHOICES}")
+    if setting == "auto":
+        return "shifted" if (backend or jax.default_backend()) == "cpu" else "xla"
+    return setting
+
+
+def conv_for_backend(
+    name: str, backend: str | None = None, materialize: bool = False, depthwise: str = "auto"
+):
+    """'xla' | 'patch' | 'auto' -> the conv module; 'auto' is XLA's convolution on every
+    backend: with the recompute barrier on CPU, im2col no longer pays for itself there
+    (ResNet-18 1.22x slower, ResNet-50 even, both with more memory, the dilated DeepLab v3 /
+    FCN 1.09x / 1.09x slower; BENCHMARKS.md, "CPU: im2col re-decided"). `materialize` picks
+    the variant behind the recompute barrier, `depthwise` ('auto' | 'shifted' | 'xla') how
+    depthwise convolutions are computed."""
     if name == "auto":
-        name = "patch" if (backend or jax.default_backend()) == "cpu" else "xla"
-    if name not in CONVS:
-        raise ValueError(f"conv implementation {name!r} is not one of {['auto', *CONVS]}")
-    return (MATERIALIZED_CONVS if materialize else CONVS)[name]
+        name = "xla"
+    return conv_module(name, materialize, resolve_depthwise(depthwise, backend))

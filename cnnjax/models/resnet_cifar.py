@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnnjax.errors import ConfigError
 from cnnjax.models.layers import has_classifier
 
 ModuleDef = Any
@@ -26,20 +27,36 @@ _PAD = ((1, 1), (1, 1))
 
 
 class CifarBlock(nn.Module):
+    """`kernels` convolutions (each k x k, BN, ReLU between them; the first strided) and the
+    shortcut. (3, 3) is the paper's basic block. `bottleneck` makes it 1x1 -> 3x3 -> 1x1 with
+    `features` inner channels and 4 * `features` outputs (He et al. 2016's CIFAR
+    bottleneck). `use_norm=False` drops BatchNorm (the convolutions get biases)."""
+
     features: int
     strides: int
     conv: ModuleDef
     norm: ModuleDef
     act: Callable
     shortcut: str | None = "A"
+    kernels: tuple[int, ...] = (3, 3)
+    bottleneck: bool = False
+    use_norm: bool = True
 
     @nn.compact
     def __call__(self, x):
-        s = (self.strides, self.strides)
-        y = self.act(
-            self.norm(name="bn1")(self.conv(self.features, (3, 3), s, _PAD, name="conv1")(x))
-        )
-        y = self.norm(name="bn2")(self.conv(self.features, (3, 3), (1, 1), _PAD, name="conv2")(y))
+        if self.bottleneck:
+            layers = ((self.features, 1), (self.features, 3), (4 * self.features, 1))
+        else:
+            layers = tuple((self.features, k) for k in self.kernels)
+        y = x
+        for i, (width, k) in enumerate(layers, start=1):
+            s = (self.strides, self.strides) if i == 1 else (1, 1)
+            pad = ((k // 2, k // 2), (k // 2, k // 2))
+            y = self.conv(width, (k, k), s, pad, use_bias=not self.use_norm, name=f"conv{i}")(y)
+            if self.use_norm:
+                y = self.norm(name=f"bn{i}")(y)
+            if i < len(layers):
+                y = self.act(y)
         if self.shortcut is None:
             return self.act(y)
         if x.shape == y.shape:
@@ -49,39 +66,66 @@ class CifarBlock(nn.Module):
             extra = y.shape[-1] - x.shape[-1]
             sc = jnp.pad(sub, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
         else:
-            sc = self.conv(self.features, (1, 1), s, name="downsample_conv")(x)
-            sc = self.norm(name="downsample_bn")(sc)
+            sc = self.conv(y.shape[-1], (1, 1), (self.strides,) * 2, use_bias=not self.use_norm,
+                           name="downsample_conv")(x)  # fmt: skip
+            if self.use_norm:
+                sc = self.norm(name="downsample_bn")(sc)
         return self.act(y + sc)
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 inputs; `depth` in {20, 32, 44, 56, 110, 1202, ...}."""
+    """ResNet-(6n+2) for 32x32 inputs; `depth` in {20, 32, 44, 56, 110, 1202, ...}.
+
+    Ablation options (the defaults are the paper's network): `kernels`, the kernel sizes of
+    the convolutions in each block ((5,): one 5x5 per block, the receptive field of the
+    basic block's two 3x3 in one layer); `bottleneck=True`, 1x1 -> 3x3 -> 1x1 blocks with 4x
+    wider outputs, depth 9n+2 (ResNet-164's form); `batch_norm=False`, no BatchNorm anywhere
+    (biases instead). `depth` fixes n, the blocks per stage: (depth - 2) / 6 for blocks of
+    two convolutions, (depth - 2) / 9 for bottlenecks; a block of other `kernels` keeps n
+    and has len(kernels) convolutions.
+    """
 
     num_classes: int
     depth: int = 20
     width: int = 16
     shortcut: str | None = "A"  # "A" | "B" | None (plain)
     act: Callable = nn.relu
+    kernels: tuple[int, ...] = (3, 3)
+    bottleneck: bool = False
+    batch_norm: bool = True
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = nn.BatchNorm
     dtype: Any = jnp.float32
 
-    def setup_check(self):
-        if (self.depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
+    def setup_check(self) -> int:
+        per_block = 9 if self.bottleneck else 6
+        if (self.depth - 2) % per_block or self.depth < 2 + per_block:
+            kind = "9n+2 for bottleneck blocks" if self.bottleneck else "6n+2"
+            raise ConfigError(f"CIFAR ResNet depth must be {kind} (n >= 1), got {self.depth}")
         if self.shortcut not in ("A", "B", None):
-            raise ValueError(f"shortcut must be 'A', 'B' or None, got {self.shortcut!r}")
+            raise ConfigError(f"shortcut must be 'A', 'B' or None, got {self.shortcut!r}")
+        kernels = tuple(self.kernels)
+        if not kernels or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
+            raise ConfigError(
+                f"CIFAR ResNet kernels must be a non-empty tuple of odd sizes >= 1, e.g. (3, 3) "
+                f"or (5,); got {self.kernels!r}"
+            )
+        if self.bottleneck and kernels != (3, 3):
+            raise ConfigError(
+                f"CIFAR ResNet: bottleneck blocks are 1x1 -> 3x3 -> 1x1; kernels={self.kernels!r} "
+                "cannot be combined with bottleneck=True"
+            )
+        return (self.depth - 2) // per_block
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        self.setup_check()
-        n = (self.depth - 2) // 6
-        conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
+        n = self.setup_check()
+        conv = functools.partial(self.conv, use_bias=not self.batch_norm, dtype=self.dtype)
         norm = functools.partial(
             self.norm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
         )
         x = conv(self.width, (3, 3), (1, 1), _PAD, name="conv1")(x.astype(self.dtype))
-        x = self.act(norm(name="bn1")(x))
+        x = self.act(norm(name="bn1")(x) if self.batch_norm else x)
         feats = {"stem": x}
         for i in range(3):
             for j in range(n):
@@ -92,6 +136,9 @@ class CifarResNet(nn.Module):
                     norm,
                     self.act,
                     self.shortcut,
+                    tuple(self.kernels),
+                    self.bottleneck,
+                    self.batch_norm,
                     name=f"layer{i + 1}_{j}",
                 )(x)
             feats[f"stage{i + 1}"] = feats[f"stride{2**i}"] = x

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
 from cnnjax.models.batch_norm import BatchNorm
-from cnnjax.models.patch_conv import CONVS, MATERIALIZED_CONVS, conv_for_backend
+from cnnjax.models.patch_conv import CONVS, conv_for_backend, is_conv_module
 from cnnjax.runtime import materialize as materialize_lib
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -23,6 +23,8 @@ CONV_CHOICES = ("auto", *CONVS)
 BATCH_NORMS = {"flax": nn.BatchNorm, "cnnjax": BatchNorm}
 # train.materialize: the recompute barrier around each convolution (cnnjax/runtime/materialize.py).
 MATERIALIZE_CHOICES = ("auto", "on", "off")
+# train.depthwise (patch_conv.DEPTHWISE_CHOICES): depthwise convolutions as shifted
+# multiplies (cnnjax/ops/depthwise.py) or XLA's grouped convolution; 'auto' = shifted on CPU.
 
 
 def resolve_materialize(setting: str, backend: str | None = None) -> bool:
@@ -93,7 +95,8 @@ def _rewrite(model, train_cfg, backend, path, materialize=False, forced=False):
         # 'auto' leaves out the families measured slower with the barrier (RECOMPUTE_BARRIER =
         # False on the class: the depthwise nets); 'on' puts it everywhere.
         barrier = materialize and (forced or getattr(type(model), "RECOMPUTE_BARRIER", True))
-        overrides["conv"] = conv_for_backend(train_cfg.conv, backend, barrier)
+        depthwise = getattr(train_cfg, "depthwise", "auto")
+        overrides["conv"] = conv_for_backend(train_cfg.conv, backend, barrier, depthwise)
     if "norm" in fields and any(model.norm is n for n in BATCH_NORMS.values()):
         overrides["norm"] = BATCH_NORMS[train_cfg.batch_norm]
     for name in fields.keys() - {"parent", "name"}:
@@ -115,4 +118,4 @@ def _rewrite(model, train_cfg, backend, path, materialize=False, forced=False):
 def _uses_flax_conv(conv) -> bool:
     """Only the stock nn.Conv (or PatchConv) is replaced; a custom conv a model was given is
     kept as it is."""
-    return any(conv is c for c in (*CONVS.values(), *MATERIALIZED_CONVS.values()))
+    return is_conv_module(conv)

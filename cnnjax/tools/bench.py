@@ -36,11 +36,23 @@ flags.DEFINE_enum("mode", "both", ["train", "eval", "both"], "What to time.")
 flags.DEFINE_integer("batch", 128, "Batch size.")
 flags.DEFINE_integer("image_size", 0, "Resolution; 0 = 32 for *_cifar, 224 otherwise.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (both sides).")
-flags.DEFINE_string("conv", "auto", "cnnjax conv implementation: auto | xla | patch.")
+flags.DEFINE_string(
+    "conv", "auto",
+    "cnnjax conv implementation (train.conv): auto | xla | patch. This and the next three "
+    "take a comma-separated list for one cnnjax row per combination, side by side.",
+)  # fmt: skip
 flags.DEFINE_string(
     "materialize", "auto",
-    "cnnjax recompute barrier (train.materialize): auto | on | off, or a comma-separated list "
-    "for one cnnjax row per setting side by side (e.g. on,off).",
+    "cnnjax recompute barrier (train.materialize): auto | on | off, e.g. on,off.",
+)  # fmt: skip
+flags.DEFINE_string(
+    "depthwise", "auto", "cnnjax depthwise convolutions (train.depthwise): auto | shifted | xla."
+)
+flags.DEFINE_string(
+    "ynn", "default",
+    "XLA:CPU's --xla_cpu_experimental_ynn_fusion_type for the cnnjax rows: 'default' (the "
+    "project's, cnnjax/runtime/xla_env.py), 'none' (no YNN fusions) or fusion types joined "
+    "with '+' (e.g. reduce); a comma-separated list for one row each.",
 )  # fmt: skip
 flags.DEFINE_enum("batch_norm", "cnnjax", ["cnnjax", "flax"], "cnnjax BatchNorm implementation.")
 flags.DEFINE_string("frameworks", ",".join(FRAMEWORKS), "Comma-separated subset to run.")
@@ -118,9 +130,10 @@ def compiled_step(job: dict):
     task = tasks.create(_task_of(job["model"]), _synthetic_info(job["model"], s), image_size=s)
     # The trainer's own model set-up: compute dtype, conv and BatchNorm implementations.
     train_cfg = ml_collections.ConfigDict(
-        {"compute_dtype": job["dtype"], "conv": job["conv"],
+        {"compute_dtype": job["dtype"], "conv": job.get("conv", "auto"),
          "batch_norm": job.get("batch_norm", "cnnjax"),
-         "materialize": job.get("materialize", "auto")}
+         "materialize": job.get("materialize", "auto"),
+         "depthwise": job.get("depthwise", "auto")}
     )  # fmt: skip
     model = models.create(job["model"], **task.model_kwargs())
     model = rewrite.apply_to_model(model, train_cfg)
@@ -270,7 +283,7 @@ def pipeline_source(name: str):
 def run_worker(job: dict) -> dict:
     fn = {"cnnjax": _cnnjax, "grain": _pipeline}.get(job["framework"], _torch)
     result = fn(job)
-    extra = {"materialize": job["materialize"]} if "materialize" in job else {}
+    extra = {k: job[k] for k in VARIANT_KEYS if k in job and job["framework"] == "cnnjax"}
     return {
         **{k: job[k] for k in ("model", "framework", "mode", "batch", "image_size", "dtype")},
         **extra,
@@ -280,10 +293,21 @@ def run_worker(job: dict) -> dict:
     }
 
 
+# The cnnjax settings a bench run can sweep (one row per combination), with their defaults.
+VARIANT_KEYS = ("conv", "materialize", "depthwise", "ynn")
+VARIANT_DEFAULTS = {"conv": "auto", "materialize": "auto", "depthwise": "auto", "ynn": "default"}
+
+
 def jobs(models, modes, frameworks, batch, image_size, dtype, conv, steps, windows, pipeline,
-         batch_norm="cnnjax", materialize=("auto",)):  # fmt: skip
+         batch_norm="cnnjax", materialize=("auto",), depthwise=("auto",),
+         ynn=("default",)):  # fmt: skip
+    """The measurements to run, in order. `conv`, `materialize`, `depthwise` and `ynn` are
+    each a value or a tuple of values; the cnnjax rows are their product."""
+    import itertools
+
+    grid = [(v,) if isinstance(v, str) else tuple(v) for v in (conv, materialize, depthwise, ynn)]
     out = []
-    base = {"batch": batch, "dtype": dtype, "conv": conv, "steps": steps, "windows": windows,
+    base = {"batch": batch, "dtype": dtype, "steps": steps, "windows": windows,
             "batch_norm": batch_norm}  # fmt: skip
     for m in models:
         size = _image_size(m, image_size)
@@ -293,13 +317,27 @@ def jobs(models, modes, frameworks, batch, image_size, dtype, conv, steps, windo
                 if fw != "cnnjax":
                     out.append(row)
                     continue
-                for setting in materialize:  # one cnnjax row per barrier setting
-                    out.append({**row, "materialize": setting})
+                for values in itertools.product(*grid):  # one cnnjax row per combination
+                    out.append({**row, **dict(zip(VARIANT_KEYS, values, strict=True))})
     if pipeline:
         for name in ("digits", "cifar_shaped"):
             out.append({**base, "model": name, "framework": "grain", "mode": "pipeline",
                         "image_size": 32})  # fmt: skip
     return out
+
+
+def _job_env(job: dict) -> dict:
+    """The worker's environment: the job's YNN fusion setting in XLA_FLAGS (a user's own
+    setting of that flag is replaced for the row that asks for another)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ynn = job.get("ynn", "default")
+    if ynn == "default":
+        return env
+    name = "--xla_cpu_experimental_ynn_fusion_type"
+    kept = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(name + "=")]
+    value = "" if ynn == "none" else ynn.replace("+", ",")
+    env["XLA_FLAGS"] = " ".join([*kept, f"{name}={value}"])
+    return env
 
 
 def measure(job: dict, timeout: int = 3600) -> dict:
@@ -309,7 +347,7 @@ def measure(job: dict, timeout: int = 3600) -> dict:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=_job_env(job),
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
@@ -321,7 +359,10 @@ def measure(job: dict, timeout: int = 3600) -> dict:
 def format_row(r: dict) -> str:
     if "error" in r:
         return f"{r['model']:<16} {r['framework']:<20} {r['mode']:<8} error: {r['error']}"
-    fw = r["framework"] + (f"[m={r['materialize']}]" if "materialize" in r else "")
+    shown = [
+        f"{k}={r[k]}" for k in VARIANT_KEYS if r.get(k, VARIANT_DEFAULTS[k]) != VARIANT_DEFAULTS[k]
+    ]
+    fw = r["framework"] + (f"[{','.join(shown)}]" if shown else "")
     return (
         f"{r['model']:<16} {fw:<20} {r['mode']:<8} {r['batch']:>5} "
         f"{r['image_size']:>4}px {r['img_per_s']:>9.1f} img/s {r['step_ms']:>9.1f} ms "
@@ -358,6 +399,12 @@ def _check_names(models: list[str], frameworks: list[str]) -> None:
                 )
 
 
+def _valid_ynn(value: str) -> bool:
+    import re
+
+    return value in ("default", "none") or re.fullmatch(r"[a-z_]+(\+[a-z_]+)*", value) is not None
+
+
 def main(argv):
     del argv
     if FLAGS.worker:
@@ -373,19 +420,29 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     modes = MODES if FLAGS.mode == "both" else (FLAGS.mode,)
-    from cnnjax.models.rewrite import MATERIALIZE_CHOICES
+    from cnnjax.models.patch_conv import DEPTHWISE_CHOICES
+    from cnnjax.models.rewrite import CONV_CHOICES, MATERIALIZE_CHOICES
 
-    materialize = tuple(v for v in FLAGS.materialize.split(",") if v)
-    bad = [v for v in materialize if v not in MATERIALIZE_CHOICES] or ([] if materialize else [""])
-    if bad:
-        print(f"error: --materialize={FLAGS.materialize!r}: each value must be one of "
-              f"{list(MATERIALIZE_CHOICES)}", file=sys.stderr)  # fmt: skip
-        sys.exit(EXIT_BAD_INPUT)
+    variants = {}
+    for key, choices in (("conv", CONV_CHOICES), ("materialize", MATERIALIZE_CHOICES),
+                         ("depthwise", DEPTHWISE_CHOICES), ("ynn", None)):  # fmt: skip
+        text = getattr(FLAGS, key)
+        values = tuple(v for v in text.split(",") if v)
+        bad = [v for v in values if choices is not None and v not in choices]
+        if key == "ynn":
+            bad = [v for v in values if not _valid_ynn(v)]
+        if bad or not values:
+            allowed = list(choices) if choices else "'default', 'none' or types joined by '+'"
+            print(f"error: --{key}={text!r}: each value must be one of {allowed}",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(EXIT_BAD_INPUT)
+        variants[key] = values
     if not FLAGS.json:
         print(f"load average before: {os.getloadavg()}", flush=True)
     for job in jobs(models, modes, frameworks, FLAGS.batch, FLAGS.image_size, FLAGS.dtype,
-                    FLAGS.conv, FLAGS.steps, FLAGS.windows, FLAGS.pipeline,
-                    FLAGS.batch_norm, materialize):  # fmt: skip
+                    variants["conv"], FLAGS.steps, FLAGS.windows, FLAGS.pipeline,
+                    FLAGS.batch_norm, variants["materialize"], variants["depthwise"],
+                    variants["ynn"]):  # fmt: skip
         row = measure(job)
         row["load_avg_1m"] = os.getloadavg()[0]
         print(json.dumps(row) if FLAGS.json else format_row(row), flush=True)
