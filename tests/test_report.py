@@ -193,3 +193,28 @@ def test_activations_layer_figure_orders_convolutions_input_to_output(tmp_path, 
     assert fig.main([f"--sweep_dir={tmp_path}", f"--out={out}", "--step=100"]) == 0
     assert "| tanh_s0 | 100 | 5 | 8 | 0.5 | 16 |" in capsys.readouterr().out
     assert out.stat().st_size > 1000
+
+
+def test_kernel_arithmetic_reads_the_sweeps_own_points():
+    """experiments/kernel_3x3_vs_5x5/arithmetic.py: one row per variant, built from the sweep's
+    model.kwargs / image size overrides, counted by cnnjax.analysis."""
+    arith = _load_script("experiments/kernel_3x3_vs_5x5/arithmetic.py")
+    rows = arith.rows(ROOT / "experiments/kernel_3x3_vs_5x5/sweep.py")
+    by = {r["variant"]: r for r in rows}
+    assert list(by) == ["3x3x2", "5x5", "3x3x3", "7x7"] and by["5x5"]["size"] == 16
+    # ResNet-20 on the 1-channel digits: the paper's 269,722 less 2 x 144 stem weights, as the
+    # trainer's own count in the runs' train.log
+    assert by["3x3x2"]["params"] == 269_434 and by["3x3x2"]["channels"] == 1
+    assert by["5x5"]["convs"] == 10 and by["3x3x3"]["convs"] == 28 and by["3x3x2"]["convs"] == 19
+    # two 3x3 (18 C^2) < one 5x5 (25 C^2); three 3x3 (27 C^2) < one 7x7 (49 C^2)
+    assert by["3x3x2"]["params"] < by["5x5"]["params"] and by["3x3x3"]["macs"] < by["7x7"]["macs"]
+    assert "| 7x7 | `kernels=(7,)` | 10 |" in arith.markdown(rows)
+
+
+def test_batchnorm_activation_scale_shrinks_without_batch_norm():
+    scale = _load_script("experiments/batchnorm/activation_scale.py")
+    rows = {(r["model"], r["batch_norm"]): r for r in scale.rows()}
+    for depth in ("plain20_cifar", "plain44_cifar"):
+        assert 0.3 < rows[(depth, True)]["stage3"] < 1.0  # re-normalised at every layer
+        assert rows[(depth, False)]["stage3"] < 1e-3  # LeCun init: ~2x less variance per ReLU
+    assert rows[("plain44_cifar", False)]["logits"] < rows[("plain20_cifar", False)]["logits"]
