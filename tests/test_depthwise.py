@@ -160,7 +160,7 @@ def test_train_depthwise_resolves_per_backend():
         pytest.param("efficientnet_b0", "auto", marks=pytest.mark.zoo_full),  # CI's second stage
         pytest.param("shufflenet_v2_x0_5", "off", marks=pytest.mark.zoo_full),
     ],
-)  # fmt: skip  ('auto': the barrier around the other convolutions too, where it builds)
+)  # 'auto': the barrier around the other convolutions too, where it builds
 def test_a_depthwise_net_trains_to_the_same_gradients(name, materialize):
     """The whole model's loss gradients with shifted depthwise convs equal XLA's (inference
     mode: BatchNorm over a batch of two 1x1 maps would amplify float rounding chaotically)."""

@@ -276,3 +276,12 @@ def test_report_best_of_a_min_metric_and_the_cli(tmp_path):
     assert (tmp_path / "out" / "final_loss.png").exists()
     missing = run_cli("cnnjax.tools.report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_short_run_is_the_shared_ablation_schedule():
+    from cnnjax.tools.sweep import short_run
+
+    assert short_run(800) == {"data.image_size": 16, "train.num_steps": 800,
+                              "train.log_every_steps": 25, "train.checkpoint_every_steps": 200,
+                              "eval.every_steps": 100}  # fmt: skip
+    assert short_run(1200, image_size=32)["eval.every_steps"] == 150

@@ -114,6 +114,18 @@ def _override_strings(name: str, overrides) -> tuple[str, ...]:
     return tuple(items)
 
 
+def short_run(steps: int, image_size: int = 16, log_every: int = 25) -> dict:
+    """The schedule overrides the classification ablations in experiments/ share: inputs at
+    `image_size` px, `steps` steps logged every `log_every`, four checkpoints, eight evals."""
+    return {
+        "data.image_size": image_size,
+        "train.num_steps": steps,
+        "train.log_every_steps": log_every,
+        "train.checkpoint_every_steps": steps // 4,
+        "eval.every_steps": steps // 8,
+    }
+
+
 def default_group(name: str, seed: int) -> str:
     """'lr0.1_s3' with seed 3 -> 'lr0.1'; any other name is its own group."""
     tail = f"_s{seed}"

@@ -11,7 +11,7 @@ each layer's gradient norm (train.diagnostics_every_steps). Runs go to
 runs/sweeps/activations/<name>.
 """
 
-from cnnjax.tools.sweep import Point
+from cnnjax.tools.sweep import Point, short_run
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu")
 STEPS = 800
@@ -26,12 +26,8 @@ def get_sweep() -> list[Point]:
             overrides={
                 "model.name": "plain32_cifar",
                 "model.kwargs.act": act,
-                "data.image_size": 16,
-                "train.num_steps": STEPS,
-                "train.log_every_steps": 25,
-                "train.checkpoint_every_steps": STEPS // 4,
+                **short_run(STEPS),
                 "train.diagnostics_every_steps": DIAG,
-                "eval.every_steps": STEPS // 8,
             },
             seed=0,
         )

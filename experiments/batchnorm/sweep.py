@@ -14,7 +14,7 @@ shortened to STEPS steps.
 Runs go to runs/sweeps/batchnorm/<name>.
 """
 
-from cnnjax.tools.sweep import Point
+from cnnjax.tools.sweep import Point, short_run
 
 DEPTHS = (44, 20)  # the long runs first
 LEARNING_RATES = (0.1, 0.01)
@@ -34,11 +34,7 @@ def get_sweep() -> list[Point]:
                             "model.name": f"plain{depth}_cifar",
                             "model.kwargs.batch_norm": bn,
                             "optim.learning_rate": lr,
-                            "data.image_size": 16,
-                            "train.num_steps": STEPS,
-                            "train.log_every_steps": 25,
-                            "train.checkpoint_every_steps": STEPS // 4,
-                            "eval.every_steps": STEPS // 8,
+                            **short_run(STEPS),
                         },
                         seed=0,
                     )

@@ -14,7 +14,7 @@ at 16 px with the ResNet paper's SGD recipe shortened to STEPS steps, SEEDS seed
 differences are small). Runs go to runs/sweeps/kernel_3x3_vs_5x5/<name>.
 """
 
-from cnnjax.tools.sweep import Point
+from cnnjax.tools.sweep import Point, short_run
 
 KERNELS = {"3x3x2": (3, 3), "5x5": (5,), "3x3x3": (3, 3, 3), "7x7": (7,)}
 STEPS = 800
@@ -28,11 +28,7 @@ def get_sweep() -> list[Point]:
             config="configs/resnet20_cifar.py:digits",
             overrides={
                 "model.kwargs.kernels": kernels,
-                "data.image_size": 16,
-                "train.num_steps": STEPS,
-                "train.log_every_steps": 25,
-                "train.checkpoint_every_steps": STEPS // 4,
-                "eval.every_steps": STEPS // 8,
+                **short_run(STEPS),
             },
             seed=seed,
         )

@@ -15,7 +15,7 @@ CIFAR-10 instead (prepared as ArrayRecord in DIR): add the overrides
 `data.aug.crop_padding=4`, `data.data_dir=DIR` and the paper's 64,000 steps.
 """
 
-from cnnjax.tools.sweep import Point
+from cnnjax.tools.sweep import Point, short_run
 
 DEPTHS = (20, 32, 44, 56)
 STEPS = 1200
@@ -36,11 +36,7 @@ def get_sweep() -> list[Point]:
                         + (",plain" if kind == "plain" else ""),
                         overrides={
                             "model.name": f"{kind}{depth}_cifar",
-                            "data.image_size": 16,
-                            "train.num_steps": STEPS,
-                            "train.log_every_steps": 25,
-                            "train.checkpoint_every_steps": STEPS // 4,
-                            "eval.every_steps": STEPS // 8,
+                            **short_run(STEPS),
                         },
                         seed=seed,
                     )
