@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,13 @@ def test_dry_run_prints_one_command_per_point_and_runs_nothing(tmp_path, capsys,
     assert "--workdir=runs/sweeps/example_sweep/lr0.02_s0" in one
     assert sweep.main([EXAMPLE, "--dry-run", "--point-index=4"]) == 2
     assert "--point-index=4 is not in 0..3" in capsys.readouterr().err
+
+
+def test_default_sweep_dir_names_a_stage_file_after_its_folder_and_stem():
+    assert sweep.default_sweep_dir("experiments/transfer/sweep.py") == Path("runs/sweeps/transfer")
+    assert sweep.default_sweep_dir("experiments/transfer/pretrain.py") == Path(
+        "runs/sweeps/transfer_pretrain"
+    )
 
 
 # --- real runs --------------------------------------------------------------------------

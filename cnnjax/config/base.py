@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.aug.blur_sigma = 1.0
     c.data.aug.color_jitter = 0.0  # brightness/contrast/saturation strength, 0 = off
     c.data.max_eval_examples = 0  # 0 = the whole eval split
+    c.data.classes = ()  # class ids to keep in both splits, e.g. (0, 1, 2, 3, 4); () = all
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet34"
@@ -100,8 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Pretrained start (cnnjax/init_from.py); an empty checkpoint trains from scratch.
     c.init = ml_collections.ConfigDict()
-    c.init.checkpoint = ""  # local torchvision state dict (.safetensors or .pth)
-    c.init.source = "torchvision"
+    # torchvision: a local state dict (.safetensors or .pth); cnnjax: a run's workdir
+    c.init.checkpoint = ""
+    c.init.source = "torchvision"  # torchvision | cnnjax
     c.init.model = ""  # registry name the weights convert as ('' = model.name)
     c.init.prefix = ""  # where they go in the model's variables ('' = all; e.g. 'backbone')
     c.init.exclude = ("fc",)  # modules kept freshly initialised (the head)

@@ -57,6 +57,11 @@ def _strings(v) -> bool:
     return isinstance(v, tuple | list) and all(isinstance(x, str) for x in v)
 
 
+def _class_ids(v) -> bool:
+    ints = all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    return isinstance(v, tuple | list) and ints and len(set(v)) == len(v)
+
+
 def _fractions(v) -> bool:
     ok = isinstance(v, tuple | list) and all(isinstance(x, int | float) and 0 < x < 1 for x in v)
     return ok and list(v) == sorted(set(v))
@@ -65,6 +70,7 @@ def _fractions(v) -> bool:
 BOOL = Domain("true or false", lambda v: isinstance(v, bool), "yes")
 TEXT = Domain("a string", lambda v: isinstance(v, str), 3)
 NAMES = Domain("a tuple of strings", _strings, (3,))
+CLASS_IDS = Domain("distinct class ids >= 0, e.g. (0, 1, 2); () = all", _class_ids, (1, 1))
 FRACTIONS = Domain("increasing fractions in (0, 1), e.g. (0.5, 0.75)", _fractions, (0.75, 0.5))
 
 # Every setting of the base config and what it may hold. model.kwargs and task.kwargs are
@@ -82,6 +88,7 @@ DOMAINS: dict[str, Domain] = {
     "data.read_threads": _int(1),
     "data.prefetch": _int(1),
     "data.max_eval_examples": _int(0),
+    "data.classes": CLASS_IDS,
     "data.aug.crop_padding": _int(0),
     "data.aug.flip": BOOL,
     "data.aug.noise_std": _real(0),
@@ -121,7 +128,7 @@ DOMAINS: dict[str, Domain] = {
     "eval.best_metric": TEXT,
     "eval.num_samples": _int(0),
     "init.checkpoint": TEXT,
-    "init.source": TEXT,
+    "init.source": _choice(("torchvision", "cnnjax")),
     "init.model": TEXT,
     "init.prefix": TEXT,
     "init.exclude": NAMES,

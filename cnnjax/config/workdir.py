@@ -14,6 +14,7 @@ INCOMPATIBLE = (
     "task.name",
     "data.name",
     "data.image_size",
+    "data.classes",  # another subset: the data iterator's state means other records
     "model.name",
     "model.kwargs",
     "train.ema_decay",  # 0 <-> > 0 changes the checkpoint's layout
@@ -21,7 +22,7 @@ INCOMPATIBLE = (
 
 
 # Values of settings that runs written before the setting existed had implicitly.
-_IMPLICIT = {"task.name": "classification"}
+_IMPLICIT = {"task.name": "classification", "data.classes": []}
 
 
 def _get(d: dict, dotted: str):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnjax.data import subset
 from cnnjax.errors import ConfigError, closest
 
 # Per-channel normalisation statistics of the train splits (RGB order).
@@ -224,6 +225,12 @@ def open_sources(data_cfg):
     builder = _builder(data_cfg.name, resolve_data_dir(data_cfg.data_dir))
     train = _source(builder, data_cfg.train_split)
     evals = _source(builder, data_cfg.eval_split)
+    classes = tuple(data_cfg.get("classes", ()) or ())
+    if classes:
+        label = dict(_flatten(builder.info.features)).get("label")
+        classes = subset.check_classes(classes, label and label.num_classes, data_cfg.name)
+        train = subset.select_classes(train, classes, data_cfg.train_split)
+        evals = subset.select_classes(evals, classes, data_cfg.eval_split)
     return train, evals, describe(data_cfg.name, builder, len(train), len(evals))
 
 

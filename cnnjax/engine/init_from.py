@@ -1,7 +1,9 @@
 """Starting a run from pretrained weights: config group `init` applied to a fresh train state.
 
 `init.checkpoint` ('' = off) names a local torchvision state dict (.safetensors or .pth),
-converted by name with `cnnjax.convert` as registry model `init.model` ('' = model.name).
+converted by name with `cnnjax.convert` as registry model `init.model` ('' = model.name),
+or with `init.source = 'cnnjax'` a cnnjax run's workdir: the newest checkpoint that verifies
+(its params and BatchNorm statistics, by name; the optimizer state is not taken).
 `init.prefix` ('' = the whole model) places the converted weights under that path of the
 model's variables: a composite model's nested backbone (e.g. 'backbone' for a detector whose
 field `backbone` holds a registry model); everything outside the prefix keeps its fresh
@@ -22,20 +24,25 @@ import optax
 from flax import traverse_util
 
 from cnnjax import convert
+from cnnjax.config import workdir as wd
+from cnnjax.engine.checkpointing import Checkpointer
 from cnnjax.errors import ConfigError
 
-SOURCES = ("torchvision",)
+SOURCES = ("torchvision", "cnnjax")
 _SHOWN = 12
 
 
 def check(config) -> None:
     """The cheap checks of config group `init`, before anything is written or compiled:
-    the source, a convertible model, a weights file that exists."""
+    the source, a convertible model, a weights file (or a run's workdir) that exists."""
     init = config.get("init")
     if init is None or not init.checkpoint:
         return
     if init.source not in SOURCES:
         raise ConfigError(f"init.source '{init.source}' is not one of {list(SOURCES)}")
+    if init.source == "cnnjax":
+        _check_run(init.checkpoint)
+        return
     name = init.get("model", "") or config.model.name
     if name not in convert.names() + convert.segmentation_names():
         raise ConfigError(
@@ -48,6 +55,18 @@ def check(config) -> None:
         )
 
 
+def _check_run(workdir: str) -> None:
+    """ConfigError unless `workdir` is a cnnjax run with a saved checkpoint."""
+    path = Path(workdir).expanduser()
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"init.checkpoint '{workdir}' is not a cnnjax run directory (no config.json); "
+            "init.source 'cnnjax' takes the --workdir of a trained run"
+        )
+    if not wd.has_checkpoints(path):
+        raise ConfigError(f"init.checkpoint '{workdir}' holds no checkpoint yet")
+
+
 def apply_init(config, state):
     """-> `state` with pretrained params/batch_stats (and a frozen-backbone optimizer)."""
     init = config.get("init")
@@ -58,8 +77,10 @@ def apply_init(config, state):
     prefix = str(init.get("prefix", "")).strip("/")
     name = init.get("model", "") or config.model.name
     kwargs = {} if prefix else dict(config.model.kwargs)  # a nested backbone: as converted
-    variables = _pretrained(name, init.checkpoint, kwargs)
-    head = convert.head_module(name)
+    if init.source == "cnnjax":
+        variables, head = _from_run(init.checkpoint), "the classifier"
+    else:
+        variables, head = _pretrained(name, init.checkpoint, kwargs), convert.head_module(name)
     merge = lambda fresh, coll: _merge(fresh, variables[coll], exclude, coll, head, prefix)
     params, stats = merge(state.params, "params"), merge(state.batch_stats, "batch_stats")
     tx = _frozen_backbone(state.tx, params, exclude, prefix) if init.freeze_backbone else state.tx
@@ -79,6 +100,20 @@ def _pretrained(model_name: str, path: str, model_kwargs: dict) -> dict:
             f"convertible models: {', '.join(convert.names())}"
         )
     return convert.from_torchvision(model_name, convert.load_state_dict(path), **model_kwargs)
+
+
+def _from_run(workdir: str) -> dict:
+    """{'params', 'batch_stats'} of the newest verified checkpoint of cnnjax run `workdir`
+    (numpy, on the host). A process reads it for itself: every process of a multi-host run
+    sees the same files."""
+    ckpt = Checkpointer(Path(workdir).expanduser() / "checkpoints", create=False)
+    try:
+        step, state = ckpt.read()
+    finally:
+        ckpt.close()
+    if jax.process_index() == 0:
+        print(f"init: {workdir} at step {step}", flush=True)
+    return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
 
 
 def _excluded(path: str, exclude: tuple[str, ...]) -> bool:

@@ -7,7 +7,8 @@
 `experiments/NAME/sweep.py` defines `get_sweep()` -> list[Point]. Point I runs the pure
 `train_command(point, sweep_dir)`: `python -m cnnjax.train --config=... --workdir=DIR/NAME
 --config.train.seed=S --config.k=v ...` (config paths are relative to the current directory,
-the repo root, as for the train CLI; DIR defaults to runs/sweeps/<experiment folder>). Its
+the repo root, as for the train CLI; DIR defaults to runs/sweeps/<experiment folder>, or
+<folder>_<stem> for a sweep file not named sweep.py). Its
 output goes to `<workdir>/train.log`, its exit to `<workdir>/sweep_status.json`, and every
 point with its state to `DIR/sweep.json`. A point is done when its status says exit 0 and its
 metrics hold an eval row at the final step; a rerun skips done points and reruns the others,
@@ -158,8 +159,12 @@ def train_command(point: Point, sweep_dir, python: str = sys.executable) -> list
 
 
 def default_sweep_dir(sweep_file) -> Path:
-    """runs/sweeps/<the experiment folder's name> (relative to the current directory)."""
-    return Path("runs/sweeps") / Path(sweep_file).resolve().parent.name
+    """runs/sweeps/<the experiment folder's name> (relative to the current directory) for
+    experiments/NAME/sweep.py; runs/sweeps/NAME_STEM for another file STEM.py of the folder
+    (an experiment's earlier stage, e.g. experiments/transfer/pretrain.py)."""
+    path = Path(sweep_file).resolve()
+    name = path.parent.name if path.stem == "sweep" else f"{path.parent.name}_{path.stem}"
+    return Path("runs/sweeps") / name
 
 
 # --- loading and validating a sweep file ------------------------------------------------
