@@ -34,10 +34,18 @@ class LoadedRun:
     def preprocess(self, images) -> dict:
         """uint8 images as stored ([N, H, W, C], one [H, W, C], or for 1-channel data also
         [N, H, W] / [H, W]) -> the model's inputs (`task.input_keys`, e.g. `image` resized
-        and normalised as in evaluation), without ground truth."""
+        and normalised as in evaluation: the host stage, then the task's device stage),
+        without ground truth."""
         images = _as_batch(np.asarray(images), self.info.image_shape[-1])
         out = [self.task.eval_preprocess({"image": im, "index": i}) for i, im in enumerate(images)]
-        return {k: np.stack([o[k] for o in out]) for k in self.task.input_keys}
+        host = {k: np.stack([o[k] for o in out]) for k in out[0]}
+        host.update(index=np.arange(len(out), dtype=np.int64), mask=np.ones(len(out), np.float32))
+        inputs = _chunked(self._device_stage, host)
+        return {k: inputs[k] for k in self.task.input_keys}
+
+    @functools.cached_property
+    def _device_stage(self):
+        return jax.jit(lambda b: self.task.device_preprocess(b, None))
 
     @functools.cached_property
     def _predict(self):

@@ -44,13 +44,32 @@ def load_config(name: str, arg: str | None = None, overrides=()):
     return files.load(ROOT / name, overrides, arg=arg)
 
 
-def classification_task(num_classes: int = 10, image_size: int = 16, channels: int = 3, **kw):
-    """A classification task on a synthetic dataset description (no data on disk)."""
+def classification_task(
+    num_classes: int = 10, image_size: int = 16, channels: int = 3, *, device_stage=False, **kw
+):
+    """A classification task on a synthetic dataset description (no data on disk).
+
+    By default for tests of the step's math (loss, accumulation, precision, aux heads): its
+    batches are already the model's inputs, float images of any size, which its
+    `device_preprocess` passes on unchanged (the real stage, uint8 -> augmented normalised
+    floats, is tested in test_device_augment.py, test_data.py and through the trainer).
+    `device_stage=True`: the task exactly as the trainer builds it."""
+    import dataclasses
+
     from cnnjax import tasks
     from cnnjax.data.sources import DataInfo
+    from cnnjax.tasks.classification import Classification
+
+    @dataclasses.dataclass(frozen=True)
+    class ModelInputs(Classification):
+        def device_preprocess(self, batch, rng):
+            return batch
 
     info = DataInfo.synthetic((image_size, image_size, channels), num_classes)
-    return tasks.create("classification", info, image_size=image_size, **kw)
+    if device_stage:
+        return tasks.create("classification", info, image_size=image_size, **kw)
+    tasks.create("classification", info, image_size=image_size, **kw)  # the same checks
+    return ModelInputs(info=info, image_size=image_size, **kw)
 
 
 def classification_step(num_classes: int = 10, **kw):

@@ -33,6 +33,9 @@ def train(workdir, devices, steps=3, permute_first=False):
     with config.unlocked():
         # A gentle rate keeps the comparison about rounding, not about chaotic early steps.
         config.optim.learning_rate = 0.01
+        # No augmentation: its draws follow an example's place in the batch (the same on one
+        # and on eight devices), so the reversed baseline would see other shifts.
+        config.data.aug.crop_padding = 0
     run = trainer.setup(config, workdir, mesh=sharding.data_mesh(devices))
     state = trainer.init_state(run)
     init = jax.device_get(state.params)

@@ -3,6 +3,7 @@ exact eval padding), augmentation transforms, and the tfds catalogue path (mock 
 
 from unittest import mock
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -70,12 +71,19 @@ def test_digits_split_is_fixed_stratified_and_complete(digits):
 
 
 def test_train_batches_have_documented_shapes(digits):
+    """The host batches the stored 8x8 uint8 digits; the task's device stage makes the
+    model's normalised float32 inputs at data.image_size."""
     config, train, _, info = digits
     batch = next(iter(train_ds(train, config.data, info, seed=0)))
     b, s = config.data.batch_size, config.data.image_size
-    assert batch["image"].shape == (b, s, s, 1) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (b, 8, 8, 1) and batch["image"].dtype == np.uint8
     assert batch["label"].dtype == np.int32 and batch["mask"].sum() == b
-    assert abs(float(batch["image"].mean())) < 1.0  # normalised
+    task = build_task(config, info)
+    inputs = task.device_preprocess(batch, jax.random.key(0))
+    assert inputs["image"].shape == (b, s, s, 1) and inputs["image"].dtype == np.float32
+    assert abs(float(inputs["image"].mean())) < 1.0  # normalised
+    evaluated = task.device_preprocess(batch, None)["image"]
+    np.testing.assert_allclose(float(evaluated.mean()), 0.0, atol=0.25)
 
 
 def test_shuffle_is_deterministic_by_seed_and_reshuffles_each_epoch(digits):

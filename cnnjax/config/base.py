@@ -43,10 +43,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.aug = ml_collections.ConfigDict()
     c.data.aug.crop_padding = 0  # random crop after zero-padding by this many pixels
     c.data.aug.flip = False  # random horizontal flip
+    c.data.aug.vflip = False  # random vertical (up-down) flip
     c.data.aug.noise_std = 0.0  # Gaussian noise, in units of the normalised image
     c.data.aug.blur_prob = 0.0  # probability of a Gaussian blur
     c.data.aug.blur_sigma = 1.0
     c.data.aug.color_jitter = 0.0  # brightness/contrast/saturation strength, 0 = off
+    # batch mixup / cutmix, Beta(alpha, alpha), labels mixed alike; 0 = off (classification)
+    c.data.aug.mixup_alpha = 0.0
+    c.data.aug.cutmix_alpha = 0.0
     c.data.max_eval_examples = 0  # 0 = the whole eval split
     c.data.classes = ()  # class ids to keep in both splits, e.g. (0, 1, 2, 3, 4); () = all
 

@@ -15,17 +15,22 @@ class Augment:
     """The course's per-example augmentations (config group `data.aug`), host side.
 
     crop_padding: random crop after zero-padding by this many pixels; flip: random
-    left-right mirror; noise_std: Gaussian noise in units of the normalised image;
-    blur_prob / blur_sigma: Gaussian blur; color_jitter: brightness/contrast/saturation
-    strength (0 = off).
+    left-right mirror; vflip: random up-down mirror; noise_std: Gaussian noise in units of
+    the normalised image; blur_prob / blur_sigma: Gaussian blur; color_jitter:
+    brightness/contrast/saturation strength (0 = off); mixup_alpha / cutmix_alpha: batch
+    mixup / cutmix with labels mixed alike (Beta(alpha, alpha); 0 = off; both on: one of the
+    two per batch, timm's switch), for tasks that mix (classification, on device).
     """
 
     crop_padding: int = 0
     flip: bool = False
+    vflip: bool = False
     noise_std: float = 0.0
     blur_prob: float = 0.0
     blur_sigma: float = 1.0
     color_jitter: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
 
 
 def check_image(image, index: int, channels: int) -> None:
@@ -45,6 +50,8 @@ def augment_image(image: np.ndarray, aug: Augment, rng: np.random.Generator) -> 
     image = random_crop(image, aug.crop_padding, rng)
     if aug.flip:
         image = random_flip(image, rng)
+    if aug.vflip:
+        image = random_flip(image, rng, axis=0)
     return photometric(image, aug, rng)
 
 
@@ -94,9 +101,9 @@ def random_crop(image: np.ndarray, padding: int, rng: np.random.Generator) -> np
     return padded[top : top + h, left : left + w]
 
 
-def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mirror [H, W, C] left-right with probability 1/2."""
-    return image[:, ::-1] if rng.random() < 0.5 else image
+def random_flip(image: np.ndarray, rng: np.random.Generator, axis: int = 1) -> np.ndarray:
+    """Mirror [H, W, C] with probability 1/2: left-right (axis 1) or up-down (axis 0)."""
+    return np.flip(image, axis) if rng.random() < 0.5 else image
 
 
 def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:

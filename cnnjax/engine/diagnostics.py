@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from cnnjax.engine import step
 from cnnjax.models.batch_norm import BatchNorm as CnnjaxBatchNorm
 
 LAYER_TYPES = (nn.Conv, nn.ConvTranspose, nn.Dense, nn.BatchNorm, CnnjaxBatchNorm, nn.LayerNorm,
@@ -63,6 +64,7 @@ def diagnostics_step(state, batch, *, task) -> dict:
     """{'grad_norm/<layer>', 'act_mean/<layer>', 'act_std/<layer>', 'dead/<layer>': []
     float32} for one batch at the state's parameters (see the module docstring)."""
     rng = jax.random.fold_in(state.rng, state.step)
+    batch = task.device_preprocess(batch, step.augment_key(state))
     box = {}
     apply_fn = _capturing(state.apply_fn, box)
 

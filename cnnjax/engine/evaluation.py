@@ -70,6 +70,7 @@ def draw_samples(run, steps, state, batch: dict, global_batch, path: Path) -> No
     if not len(keep):
         return
     rows = {k: np.asarray(v)[keep] for k, v in batch.items()}
+    rows = jax.device_get(run.task.device_preprocess(rows, None))  # what the model saw
     prediction = run.task.Prediction(**{k: np.asarray(v)[keep] for k, v in predicted.items()})
     fig = run.task.visualize(rows, prediction)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,11 @@
 over micro-batches (`grad_accum_steps`), divides the summed gradient by the summed
 denominator, applies the optimizer, updates the weight EMA (`ema_decay`) and reports every
 metric as a value with its weight, so that logging windows average exactly.
+
+Every step starts with the task's `device_preprocess`: the host batch (compact, e.g. uint8
+images) becomes the model's inputs on device, with random augmentation in training drawn
+from `augment_key(state)` (the run's seed and the step, so resume stays bitwise exact and
+nothing new is checkpointed), deterministic in evaluation and prediction.
 """
 
 import functools
@@ -13,6 +18,13 @@ import jax.numpy as jnp
 import optax
 
 WEIGHT = "weight/"  # metrics[WEIGHT + name]: the count behind metrics[name]
+AUGMENT_STREAM = 0x617567  # 'aug': the augmentation keys' stream of the state's rng
+
+
+def augment_key(state):
+    """The PRNG key of this step's device augmentation: fold_in(fold_in(rng, AUGMENT_STREAM),
+    step), apart from the dropout keys (fold_in(rng, step) and its micro-batch folds)."""
+    return jax.random.fold_in(jax.random.fold_in(state.rng, AUGMENT_STREAM), state.step)
 
 
 def _loss_and_grads(task, state, params, batch_stats, batch, rng):
@@ -86,6 +98,7 @@ def train_step(state, batch, *, task, grad_accum_steps: int = 1, ema_decay: floa
     updates the weight EMA after the step.
     """
     rng = jax.random.fold_in(state.rng, state.step)
+    batch = task.device_preprocess(batch, augment_key(state))
     (num, den, terms), new_stats, grads = accumulate(task, state, batch, rng, grad_accum_steps)
     scale = jnp.where(den > 0, den, 1.0)
     grads = jax.tree.map(lambda g: g / scale, grads)
@@ -107,9 +120,9 @@ def train_step(state, batch, *, task, grad_accum_steps: int = 1, ema_decay: floa
 
 def eval_step(state, batch, *, task):
     """The task's per-example eval outputs [B, ...] of a padded batch (with `mask`)."""
-    return task.eval_outputs(state.apply_fn, state.variables, batch)
+    return task.eval_outputs(state.apply_fn, state.variables, task.device_preprocess(batch, None))
 
 
 def predict_step(state, batch, *, task):
-    """The task's per-example predictions [B, ...] of a preprocessed batch."""
-    return task.predict(state.apply_fn, state.variables, batch)
+    """The task's per-example predictions [B, ...] of a host batch."""
+    return task.predict(state.apply_fn, state.variables, task.device_preprocess(batch, None))

@@ -7,11 +7,18 @@ import optax
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
     """logits [B, K] float, labels [B] int -> per-example loss [B] float32."""
     num_classes = logits.shape[-1]
-    targets = (
-        optax.smooth_labels(jnp.eye(num_classes, dtype=jnp.float32)[labels], label_smoothing)
-        if label_smoothing
-        else jnp.eye(num_classes, dtype=jnp.float32)[labels]
+    return soft_cross_entropy(
+        logits, jnp.eye(num_classes, dtype=jnp.float32)[labels], label_smoothing
     )
+
+
+def soft_cross_entropy(logits, targets, label_smoothing: float = 0.0):
+    """logits [B, K] float, targets [B, K] distributions (one-hot, or mixed by mixup /
+    cutmix) -> per-example loss [B] float32; smoothing mixes the targets with the uniform
+    distribution (timm smooths mixed targets the same way)."""
+    targets = targets.astype(jnp.float32)
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 

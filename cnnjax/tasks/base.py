@@ -4,7 +4,12 @@ A task is a frozen dataclass built from its name, the dataset's `DataInfo`, the 
 and the augmentations (`cnnjax.tasks.create`), never from a ConfigDict. It owns
 
 - the data side: `check_info` (can this dataset be used?), the per-example feature spec
-  (`features`), per-example `preprocess` for training and evaluation;
+  of the host batch (`features`), per-example `preprocess` on the host for training and
+  evaluation, and `device_preprocess`, the batch-level stage the engine runs on device at
+  the start of every jitted step (host batch -> model inputs: e.g. uint8 -> resized,
+  augmented, normalised float32, with a key from the seed and the step in training). What
+  must see one example at a time (decoding, variable-size crops, box and mask geometry)
+  stays on the host; cheap per-pixel work belongs on the device;
 - the model side: what the model is built with (`model_kwargs`), its inputs for init
   (`init_inputs`), and the `loss`, which calls the model itself (a two-stage detector needs
   the ground truth in its forward) and returns a numerator and a denominator, so that
@@ -14,6 +19,9 @@ and the augmentations (`cnnjax.tasks.create`), never from a ConfigDict. It owns
   the progress line shows (`progress_keys`);
 - looking at results: `predict` (jittable, per-example arrays) and its typed result
   (`Prediction`), and `visualize` (a matplotlib figure, written as PNG).
+
+`loss`, `eval_outputs`, `predict` and `visualize` see the model's inputs (a batch after
+`device_preprocess`).
 
 The engine (`cnnjax.engine`) owns TrainState, the train step (accumulation, EMA, the
 non-finite guard, norms), the evaluation loop over padded batches, checkpoints, logging and
@@ -75,11 +83,18 @@ class Task(abc.ABC):
     best_metric: ClassVar[str]
     progress_keys: ClassVar[tuple[str, ...]]
     Prediction: ClassVar[type]  # a dataclass whose fields are `predict`'s output keys
+    mixes: ClassVar[bool] = False  # True: mixup / cutmix (data.aug) make sense for the task
 
     def __post_init__(self):
         self.check_info(self.info)
         if not isinstance(self.image_size, int) or self.image_size < 1:
             raise ConfigError(f"data.image_size must be a positive integer, got {self.image_size}")
+        mixing = {k: getattr(self.augment, k) for k in ("mixup_alpha", "cutmix_alpha")}
+        if not self.mixes and any(mixing.values()):
+            raise ConfigError(
+                f"data.aug {mixing}: task '{self.name}' does not mix examples (classification "
+                "does); set both to 0"
+            )
 
     # ---- data -------------------------------------------------------------------------
     @classmethod
@@ -98,6 +113,14 @@ class Task(abc.ABC):
         `rng` a record may hold only an image (notebook inputs): ground-truth features then
         take their pad values."""
 
+    def device_preprocess(self, batch: dict, rng) -> dict:
+        """Host batch (arrays [B, ...] fitting `features()`, with `index` and `mask`) -> the
+        model's inputs, traced inside the jitted steps: `rng` is a PRNG key in training
+        (random augmentation; the same key for the same run seed and step) and None in
+        evaluation and prediction (deterministic). Must keep the batch axis and its order.
+        By default the host did everything: the batch as it is."""
+        return batch
+
     def train_preprocess(self, record: dict, rng: np.random.Generator) -> dict:
         return self.preprocess(record, rng)
 
@@ -114,9 +137,11 @@ class Task(abc.ABC):
         """What the registry model is built with, besides config.model.kwargs."""
 
     def init_inputs(self) -> tuple:
-        """Positional inputs of `model.init` (a batch of one, zeros of the spec's `image`)."""
-        f = self.features()["image"]
-        return (np.zeros((1, *f.shape), np.dtype(f.dtype)),)
+        """Positional inputs of `model.init`: the `image` of a padded batch of one after
+        `device_preprocess` (evaluation mode)."""
+        batch = {k: f.empty()[None] for k, f in self.features().items()}
+        batch.update(index=np.full(1, -1, np.int64), mask=np.zeros(1, np.float32))
+        return (np.asarray(self.device_preprocess(batch, None)["image"]),)
 
     @abc.abstractmethod
     def loss(self, apply_fn: Callable, variables: dict, batch: dict, rng) -> Loss:

@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnjax.data import device_augment as DA
 from cnnjax.data import transforms as T
 from cnnjax.data.features import Feature
 from cnnjax.errors import ConfigError, unknown_name
-from cnnjax.losses.classification import cross_entropy
+from cnnjax.losses.classification import cross_entropy, soft_cross_entropy
 from cnnjax.metrics.classification import ClassificationMetrics, topk_correct
 from cnnjax.tasks import plots
 from cnnjax.tasks.base import Loss, Task, apply_model
@@ -37,11 +38,6 @@ class ClassPredictions:
     labels: np.ndarray
     probs: np.ndarray
     logits: np.ndarray
-
-
-def image_features(info, image_size: int) -> dict:
-    """The normalised float32 `image` [S, S, C] of a dataset's stored images."""
-    return {"image": Feature((image_size, image_size, info.image_shape[-1]), "float32")}
 
 
 def require_images(task_name: str, info) -> None:
@@ -70,9 +66,27 @@ def step_grad_norms(grads, read: str):
     return jnp.sqrt(per_step)
 
 
+def host_image_shape(info, image_size: int) -> tuple[int, int, int]:
+    """(H, W, C) of the uint8 images the host batches: the stored size when every stored
+    image is the same square size (the device resizes it to `image_size`, so the host moves
+    8x8 digits, not 224x224 floats), else `image_size` square (the host centre-crops and
+    resizes varying images so that a batch stacks)."""
+    h, w, c = info.image_shape
+    if h is not None and h == w:
+        return (int(h), int(w), int(c))
+    return (image_size, image_size, int(c))
+
+
 @dataclasses.dataclass(frozen=True)
 class Classification(Task):
-    """Softmax classification of `label` from `image`."""
+    """Softmax classification of `label` from `image`.
+
+    The host batches uint8 images (`host_image_shape`) and labels; on device each step
+    resizes to `image_size`, augments (training: crop, flips, colour jitter, blur, noise,
+    then mixup / cutmix, which add soft `targets` [B, K] to the batch) and normalises
+    (`cnnjax.data.device_augment`). The training accuracy of a mixed batch counts the
+    original labels.
+    """
 
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.3  # each auxiliary head's loss weight (GoogLeNet paper: 0.3)
@@ -83,6 +97,7 @@ class Classification(Task):
     best_metric: ClassVar[str] = "accuracy"
     progress_keys: ClassVar[tuple] = ("loss", "accuracy")
     Prediction: ClassVar[type] = ClassPredictions
+    mixes: ClassVar[bool] = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -117,23 +132,34 @@ class Classification(Task):
     def features(self) -> dict:
         k = self.num_classes
         return {
-            **image_features(self.info, self.image_size),
+            "image": Feature(host_image_shape(self.info, self.image_size), "uint8", 0, 0, 256),
             "label": Feature((), "int32", 0, 0, k),
         }
 
     def preprocess(self, record: dict, rng) -> dict:
+        """Host side: the stored uint8 image (centre-cropped and resized only when it is not
+        the host shape) and the label; everything per-pixel happens in `device_preprocess`."""
         index, label = int(record["index"]), int(record.get("label", 0))
         T.check_image(record["image"], index, self.info.image_shape[-1])
         if not 0 <= label < self.num_classes:
             raise ValueError(f"record {index}: label {label} outside [0, {self.num_classes})")
-        image = T.to_float(T.center_crop_resize(record["image"], self.image_size))
-        if rng is not None:
-            image = T.augment_image(image, self.augment, rng)
-        mean, std = (np.asarray(v, np.float32) for v in (self.info.mean, self.info.std))
-        image = T.normalize(image, mean, std)
-        if rng is not None:
-            image = T.add_noise(image, self.augment.noise_std, rng)
-        return {"image": np.ascontiguousarray(image, np.float32), "label": np.int32(label)}
+        image, shape = record["image"], host_image_shape(self.info, self.image_size)
+        if image.shape != shape:
+            image = T.center_crop_resize(image, shape[0])
+        return {"image": np.ascontiguousarray(image), "label": np.int32(label)}
+
+    def device_preprocess(self, batch: dict, rng) -> dict:
+        """uint8 images -> normalised float32 [B, S, S, C], augmented when `rng` is a key;
+        with mixup / cutmix on, also the mixed `targets` [B, K]."""
+        norm = {"size": self.image_size, "mean": self.info.mean, "std": self.info.std}
+        if rng is None:
+            return {**batch, "image": DA.eval_batch(batch["image"], **norm)}
+        image = DA.augment_batch(batch["image"], rng, self.augment, **norm)
+        if not (self.augment.mixup_alpha or self.augment.cutmix_alpha):
+            return {**batch, "image": image}
+        onehot = jax.nn.one_hot(batch["label"], self.num_classes, dtype=jnp.float32)
+        image, targets = DA.mix(image, onehot, self.augment, rng)
+        return {**batch, "image": image, "targets": targets}
 
     def model_kwargs(self) -> dict:
         return {"num_classes": self.num_classes}
@@ -143,8 +169,11 @@ class Classification(Task):
             apply_fn, variables, batch["image"], train=True, rng=rng
         )
         labels, mask = batch["label"], batch["mask"]
+        targets = batch.get("targets")
+        if targets is None:
+            targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
         count = mask.sum()
-        main = (cross_entropy(logits, labels, self.label_smoothing) * mask).sum()
+        main = (soft_cross_entropy(logits, targets, self.label_smoothing) * mask).sum()
         terms = {
             "accuracy": ((topk_correct(logits, labels, 1) * mask).sum(), count),
             "top5_accuracy": ((topk_correct(logits, labels, 5) * mask).sum(), count),
@@ -152,7 +181,7 @@ class Classification(Task):
         total = main
         aux_logits = features.get("aux_logits", ())
         if aux_logits:
-            aux = sum(cross_entropy(a, labels, self.label_smoothing) for a in aux_logits)
+            aux = sum(soft_cross_entropy(a, targets, self.label_smoothing) for a in aux_logits)
             aux = (aux * mask).sum()
             terms["main_loss"], terms["aux_loss"] = (main, count), (aux, count)
             total = main + self.aux_loss_weight * aux

@@ -251,8 +251,10 @@ class Detection(Task):
             ex = geometry.random_scale(ex, 1 - s, 1 + s, rng)
         if self.augment.crop_padding > 0:
             ex = geometry.random_crop_with_padding(ex, self.augment.crop_padding, rng)
-        if self.augment.flip:
-            ex = geometry.random_flip(ex, rng, horizontal=True, vertical=False)
+        if self.augment.flip or self.augment.vflip:
+            ex = geometry.random_flip(
+                ex, rng, horizontal=self.augment.flip, vertical=self.augment.vflip
+            )
         return geometry.drop_degenerate(ex)
 
     # ---- model --------------------------------------------------------------------------

@@ -162,8 +162,10 @@ class Segmentation(Task):
             ex = geometry.random_crop_with_padding(
                 ex, self.augment.crop_padding, rng, mask_fill=fill
             )
-        if self.augment.flip:
-            ex = geometry.random_flip(ex, rng, horizontal=True, vertical=False)
+        if self.augment.flip or self.augment.vflip:
+            ex = geometry.random_flip(
+                ex, rng, horizontal=self.augment.flip, vertical=self.augment.vflip
+            )
         return ex
 
     # ---- model --------------------------------------------------------------------------
