@@ -9,6 +9,8 @@
 #   ./launch.sh bench-ops [--boxes=1000,6000] [--json] [--out=FILE]   (NMS, RoIAlign, RoI pool)
 #   ./launch.sh bench-depthwise [--layers=32x112x112x32:3:1] [--json]  (one depthwise layer)
 #   ./launch.sh bench-detection [--image_size=64] [--batch=16] [--json]  (Faster R-CNN)
+#   ./launch.sh bench-input [--config=configs/X.py[:args]] [--config.x=y] [--workers=0,2]
+#       (the trainer's input path, host and device stages, against the train step)
 #   ./launch.sh chaos [--kills=N]   (a smoke run under N random kill -9s ends bitwise equal)
 #   ./launch.sh sweep experiments/NAME/sweep.py [--parallel=N] [--dry-run] [--point-index=I]
 #       [--slurm [--wait] [--cpus-per-task=C] [--mem=M] [--time=T] [--slurm-arg=OPT ...]]
@@ -63,6 +65,8 @@ commands:
             torchvision.ops at 1k and 6k boxes)
   bench-detection  python -m cnnjax.tools.bench_detection ARGS  (Faster R-CNN training and
             inference img/s against torchvision's FasterRCNN of the same design)
+  bench-input  python -m cnnjax.tools.bench_input ARGS  (the trainer's input path: host
+            pipeline, device stage and train loop against the train step, img/s)
   bench-depthwise  python -m cnnjax.tools.bench_depthwise ARGS  (one depthwise layer, forward
             and each gradient: XLA, cnnjax's shifted multiplies, PyTorch)
   chaos     python -m cnnjax.tools.chaos ARGS  (--kills=N random kill -9s + restarts of a smoke
@@ -97,6 +101,7 @@ case "$cmd" in
   bench) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench "$@" ;;
   bench-ops) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench_ops "$@" ;;
   bench-depthwise) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench_depthwise "$@" ;;
+  bench-input) bootstrap; exec "$VENV/bin/python" -m cnnjax.tools.bench_input "$@" ;;
   bench-detection) bootstrap dev,torch; exec "$VENV/bin/python" -m cnnjax.tools.bench_detection "$@" ;;
   python) bootstrap; exec "$VENV/bin/python" "$@" ;;
   -h|--help|help) usage ;;

@@ -131,3 +131,22 @@ def test_bench_depthwise_times_each_part_four_ways():
     assert all(r["ms"] > 0 and r["layer"] == "2x8x8x4:3:2" for r in rows)
     bad = run_cli("cnnjax.tools.bench_depthwise", "--layers=32x112x32:3")
     assert bad.returncode == 2 and "'32x112x32:3' is not BATCHxHxWxC:KERNEL:STRIDE" in bad.stderr
+
+
+def test_bench_input_rows_and_summary():
+    """The input-path bench on a smoke config: every row, the shapes each stage sees, and
+    the summary's two ratios."""
+    proc = run_cli("cnnjax.tools.bench_input", "--config=configs/resnet20_cifar.py:digits,smoke",
+                   "--config.data.image_size=16", "--workers=0", "--steps=2", "--windows=1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    rows = ("host[", "device_stage ", "step ", "trainer_loop ")
+    names = [ln.split()[0] for ln in lines if ln.startswith(rows)]
+    assert names == ["host[workers=0]", "device_stage", "step", "trainer_loop"], proc.stdout
+    assert "host (8, 8, 1) model_input (16, 16, 1)" in proc.stdout  # uint8 8x8 in, 16 px out
+    assert lines[-1].startswith("host pipeline / step: ") and "trainer loop / step: " in lines[-1]
+
+
+def test_bench_input_bad_workers_exit_2():
+    proc = run_cli("cnnjax.tools.bench_input", "--workers=-1")
+    assert proc.returncode == 2 and "--workers='-1'" in proc.stderr

@@ -40,6 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_size = 32
     c.data.read_threads = 2
     c.data.prefetch = 4
+    # > 0: grain worker processes read, preprocess and batch (decode-heavy data on many
+    # cores); 0: read_threads threads in the training process (cnnjax/data/pipeline.py)
+    c.data.workers = 0
+    c.data.device_prefetch = 1  # train batches transferred to the devices ahead of their step
     c.data.aug = ml_collections.ConfigDict()
     c.data.aug.crop_padding = 0  # random crop after zero-padding by this many pixels
     c.data.aug.flip = False  # random horizontal flip

@@ -87,6 +87,8 @@ DOMAINS: dict[str, Domain] = {
     "data.image_size": _int(1),
     "data.read_threads": _int(1),
     "data.prefetch": _int(1),
+    "data.workers": _int(0),
+    "data.device_prefetch": _int(0),
     "data.max_eval_examples": _int(0),
     "data.classes": CLASS_IDS,
     "data.aug.crop_padding": _int(0),

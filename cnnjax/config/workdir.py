@@ -15,6 +15,7 @@ INCOMPATIBLE = (
     "data.name",
     "data.image_size",
     "data.classes",  # another subset: the data iterator's state means other records
+    "data.workers",  # grain worker processes compose batches (and their state) differently
     "model.name",
     "model.kwargs",
     "train.ema_decay",  # 0 <-> > 0 changes the checkpoint's layout
@@ -22,7 +23,7 @@ INCOMPATIBLE = (
 
 
 # Values of settings that runs written before the setting existed had implicitly.
-_IMPLICIT = {"task.name": "classification", "data.classes": []}
+_IMPLICIT = {"task.name": "classification", "data.classes": [], "data.workers": 0}
 
 
 def _get(d: dict, dotted: str):

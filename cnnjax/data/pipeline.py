@@ -7,6 +7,15 @@ Each process reads its own interleaved share of every global batch
 (`process_index::process_count`), so the union over processes equals the single-process
 batch. Batches are dicts of numpy arrays [B, ...]: the spec's keys plus `index` [B] int64
 (record id, -1 for padding) and `mask` [B] float32 (1 for real examples, 0 for padding).
+
+Parallelism: `read_threads` reader threads in this process by default (`workers=0`); with
+`workers=N > 0`, grain's own worker processes (`IterDataset.mp_prefetch`) read, preprocess
+and batch, each a slice of the stream, their batches interleaved in a fixed order: for
+decode-heavy datasets (JPEG ImageNet) on hosts with cores to spare. The batches are as
+deterministic and as exactly restorable as with threads, but composed differently (each
+comes from one worker's slice), so a run keeps its `data.workers` (workdir check). For the
+embedded digits the host stage is a record read and a shape check (the per-pixel work runs
+on device, `Task.device_preprocess`): threads are faster there (measured in BENCHMARKS.md).
 """
 
 import dataclasses
@@ -15,6 +24,7 @@ from collections.abc import Callable
 
 import grain
 import numpy as np
+from absl import flags
 
 from cnnjax.data.features import Feature, check_example, pad_example
 
@@ -49,6 +59,18 @@ def _read_options(read_threads: int, prefetch: int):
     )
 
 
+def _in_workers(ds: grain.IterDataset, workers: int, prefetch: int) -> grain.IterDataset:
+    """`ds` produced by `workers` grain worker processes (0: as it is, in this process)."""
+    if workers <= 0:
+        return ds
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags; a notebook never parses any
+        flags.FLAGS.mark_as_parsed()
+    options = grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=max(1, prefetch)
+    )
+    return ds.mp_prefetch(options)
+
+
 def train_dataset(
     source,
     preprocess: Callable,
@@ -58,17 +80,20 @@ def train_dataset(
     seed: int,
     read_threads: int = 2,
     prefetch: int = 4,
+    workers: int = 0,
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.IterDataset:
     """Endless stream of local train batches of `batch_size // process_count` examples;
-    reshuffled every epoch, deterministic by seed. `preprocess(record, rng) -> example`."""
+    reshuffled every epoch, deterministic by seed. `preprocess(record, rng) -> example`;
+    `workers` > 0: that many grain worker processes (see the module docstring)."""
     ds = grain.MapDataset.source(source).map_with_index(_WithIndex(len(source)))
     ds = ds.seed(seed).shuffle().repeat(None)
     ds = ds[process_index::process_count]
     ds = ds.random_map(_Prepare(preprocess, spec))
     ds = ds.to_iter_dataset(_read_options(read_threads, prefetch))
-    return ds.batch(batch_size // process_count, drop_remainder=True)
+    ds = ds.batch(batch_size // process_count, drop_remainder=True)
+    return _in_workers(ds, workers, prefetch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +117,7 @@ def eval_dataset(
     max_examples: int = 0,
     read_threads: int = 2,
     prefetch: int = 4,
+    workers: int = 0,
     process_index: int = 0,
     process_count: int = 1,
 ) -> tuple[grain.IterDataset, int]:
@@ -106,4 +132,5 @@ def eval_dataset(
     ds = grain.MapDataset.range(num_batches * global_batch).map(fn)
     ds = ds[process_index::process_count]
     ds = ds.to_iter_dataset(_read_options(read_threads, prefetch))
-    return ds.batch(global_batch // process_count), num_batches
+    ds = ds.batch(global_batch // process_count)
+    return _in_workers(ds, workers, prefetch), num_batches

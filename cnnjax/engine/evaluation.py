@@ -23,6 +23,7 @@ def eval_batches(run, source=None, max_examples=None):
         max_examples=c.max_eval_examples if max_examples is None else max_examples,
         read_threads=c.read_threads,
         prefetch=c.prefetch,
+        workers=c.workers,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )

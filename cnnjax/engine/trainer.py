@@ -18,6 +18,7 @@ from cnnjax.engine import diagnostics, guards
 from cnnjax.engine.build import Run, Steps, build, compile_steps, init_state, setup
 from cnnjax.engine.checkpointing import Checkpointer, abstract_like
 from cnnjax.engine.evaluation import evaluate
+from cnnjax.engine.prefetch import DevicePrefetch
 from cnnjax.engine.step import WEIGHT
 from cnnjax.errors import EXIT_PREEMPTED
 from cnnjax.logs.console import ProgressDisplay, format_duration, startup_summary
@@ -104,6 +105,8 @@ def _train_and_evaluate(config, workdir, preemption) -> dict:
         state = init_state(run)
         data_iter = iter(train_batches(run))
         start, state, skipped = _resume(run, ckpt, state, data_iter)
+        put = lambda host: sharding.to_global(host, run.mesh)
+        data_iter = DevicePrefetch(data_iter, put, depth=c.data.device_prefetch)
         steps = compile_steps(run)
         if start >= run.num_steps:
             last = _last_eval(run.workdir, start)
@@ -175,9 +178,9 @@ def _loop(run, state, data_iter, steps, ckpt, writer, start, guard) -> dict:
     guard.preemption.mark_progress()  # from here on SIGTERM saves before exiting
     try:
         for step in range(start + 1, run.num_steps + 1):
-            host_batch = next(data_iter)
-            batch = sharding.to_global(host_batch, run.mesh)
+            host_batch, batch = next(data_iter)
             state, metrics = steps.train(state, batch)
+            data_iter.fill()  # the next batches' read and transfer overlap this step
             # At most MAX_IN_FLIGHT steps queued: the loop must not run far ahead of the
             # device, or a SIGTERM save would first wait for every queued step.
             in_flight.append(metrics["loss"])
@@ -240,8 +243,9 @@ def _loop(run, state, data_iter, steps, ckpt, writer, start, guard) -> dict:
     return eval_metrics
 
 
-def train_batches(run):
-    """The endless, checkpointable stream of this process's train batches."""
+def train_batches(run, workers: int | None = None):
+    """The endless, checkpointable stream of this process's train batches (`workers`: grain
+    worker processes, default config.data.workers)."""
     c = run.config
     return pipeline.train_dataset(
         run.train_source,
@@ -251,6 +255,7 @@ def train_batches(run):
         seed=c.train.seed,
         read_threads=c.data.read_threads,
         prefetch=c.data.prefetch,
+        workers=c.data.workers if workers is None else workers,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
