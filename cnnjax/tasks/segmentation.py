@@ -4,7 +4,10 @@ metrics (mIoU, pixel / mean accuracy, fwIoU), per-pixel class predictions and ov
 The class map is the record's `mask_key` feature ([H, W] or [H, W, 1] integers), optionally
 remapped by `mask_values` (stored value v -> class mask_values[v], 255 = ignore; e.g. the
 Oxford-IIIT Pet trimap 1 pet / 2 background / 3 border -> (255, 1, 0, 255)). The mask moves
-with the image under every augmentation (`cnnjax.data.geometry`); padding is ignored.
+with the image under every geometric augmentation on the host (`cnnjax.data.geometry`:
+scale jitter, crop with padding, flips; padding is ignored), which batches uint8 images;
+the pixel-only ones (colour jitter, blur, noise) and normalisation run on device
+(`device_preprocess`).
 """
 
 import dataclasses
@@ -14,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnjax.data import device_augment as DA
 from cnnjax.data import geometry
 from cnnjax.data import transforms as T
 from cnnjax.data.features import Feature
@@ -97,7 +101,7 @@ class Segmentation(Task):
     def features(self) -> dict:
         s, c = self.image_size, self.info.image_shape[-1]
         return {
-            "image": Feature((s, s, c), "float32"),
+            "image": Feature((s, s, c), "uint8", 0, 0, 256),
             "segmentation": Feature((s, s), "int32", self.ignore_index, 0, self.classes),
         }
 
@@ -141,17 +145,19 @@ class Segmentation(Task):
         if rng is not None:
             ex = self._augment_geometry(ex, rng)
         ex = geometry.resize(ex, self.image_size, self.image_size)
-        x = T.to_float(ex["image"])
-        if rng is not None:
-            x = T.photometric(x, self.augment, rng)
-        mean, std = (np.asarray(v, np.float32) for v in (self.info.mean, self.info.std))
-        x = T.normalize(x, mean, std)
-        if rng is not None:
-            x = T.add_noise(x, self.augment.noise_std, rng)
         return {
-            "image": np.ascontiguousarray(x, np.float32),
+            "image": np.ascontiguousarray(ex["image"], np.uint8),
             "segmentation": np.ascontiguousarray(ex["segmentation"], np.int32),
         }
+
+    def device_preprocess(self, batch: dict, rng) -> dict:
+        """uint8 images (already moved with their masks on the host) -> normalised float32;
+        in training first colour jitter, blur and noise, which leave the masks alone."""
+        norm = {"size": self.image_size, "mean": self.info.mean, "std": self.info.std}
+        if rng is None:
+            return {**batch, "image": DA.eval_batch(batch["image"], **norm)}
+        pixels_only = dataclasses.replace(self.augment, crop_padding=0, flip=False, vflip=False)
+        return {**batch, "image": DA.augment_batch(batch["image"], rng, pixels_only, **norm)}
 
     def _augment_geometry(self, ex: dict, rng) -> dict:
         fill = self.ignore_index
