@@ -218,3 +218,26 @@ def test_batchnorm_activation_scale_shrinks_without_batch_norm():
         assert 0.3 < rows[(depth, True)]["stage3"] < 1.0  # re-normalised at every layer
         assert rows[(depth, False)]["stage3"] < 1e-3  # LeCun init: ~2x less variance per ReLU
     assert rows[("plain44_cifar", False)]["logits"] < rows[("plain20_cifar", False)]["logits"]
+
+
+def test_transfer_size_figure_reads_sizes_from_each_run(tmp_path, capsys):
+    """experiments/transfer/size_figure.py: the training-set size from each run's
+    dataset_info.json, the final eval accuracy, means over seeds, a failed point left out."""
+    fig = _load_script("experiments/transfer/size_figure.py")
+    for name, images, acc, code in (
+        ("scratch_5pct_s0", 36, 0.5, 0),
+        ("scratch_5pct_s1", 36, 0.7, 0),
+        ("finetune_5pct_s0", 36, 0.9, 0),
+        ("probe_all_s0", 715, 0.2, 1),  # failed: not in the figure
+    ):
+        rows = [{"step": 5, "split": "eval", "accuracy": 0.1},
+                {"step": 30, "split": "eval", "accuracy": acc}]  # fmt: skip
+        _fake_point(tmp_path / name, rows, code)
+        (tmp_path / name / "dataset_info.json").write_text(json.dumps({"num_train": images}))
+    out = tmp_path / "fig.png"
+    assert fig.main([f"--sweep_dir={tmp_path}", f"--out={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "| scratch | 36 | 2 | 60.00% | 50.0%, 70.0% |" in printed
+    assert "| finetune | 36 | 1 | 90.00% | 90.0% |" in printed
+    assert "probe" not in printed and out.stat().st_size > 1000
+    assert fig.main([f"--sweep_dir={tmp_path / 'none'}", f"--out={out}"]) == 2

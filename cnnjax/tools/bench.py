@@ -5,8 +5,9 @@
 
 Every measurement (model x framework x mode) runs in its own subprocess so that peak RSS
 and compile time belong to it alone. Data is synthetic and already on the device; the
-`pipeline` rows measure the grain input pipeline on its own (digits and CIFAR-shaped
-records) so it can be compared with what the model consumes. One JSON line per row:
+`pipeline` rows measure the grain input pipeline's host stage on its own (digits and
+CIFAR-shaped records) so it can be compared with what the model consumes; `./launch.sh
+bench-input` measures the trainer's whole input path (host and device stages, train loop). One JSON line per row:
 model, framework (cnnjax | torch_eager | torch_channels_last | grain), mode, batch,
 image_size, dtype, img_per_s, step_ms, compile_s, peak_rss_mb, device.
 """
@@ -236,7 +237,8 @@ def _torch(job: dict) -> dict:
 
 
 def _pipeline(job: dict) -> dict:
-    """Batches per second out of the grain train pipeline (augmentation on, 2 threads)."""
+    """Batches per second out of the grain train pipeline's host stage (2 threads); the
+    augmentation runs on device since the input-path change (`bench_input` times both)."""
     from cnnjax.data import pipeline
 
     source, task = pipeline_source(job["model"])
