@@ -275,3 +275,35 @@ def test_no_task_is_imported_by_name_in_the_engine_clis_load_or_tools():
     assert len(files) > 8
     offenders = [str(p.relative_to(ROOT)) for p in files if named.search(p.read_text())]
     assert offenders == []
+
+
+def test_classification_mixup_trains_on_the_mixed_targets():
+    """With batch mixup the device stage adds soft `targets` (rows summing to 1, mixing each
+    label with its partner's) and the loss is their cross-entropy, not the labels'."""
+    from cnnjax.losses.classification import soft_cross_entropy
+
+    info = DataInfo.synthetic((8, 8, 1), 4)
+    task = tasks.create("classification", info, image_size=8,
+                        augment=T.Augment(mixup_alpha=0.4))  # fmt: skip
+    batch = synthetic_batch(task.features(), 6, seed=1)
+    assert batch["image"].dtype == np.uint8  # the host batch
+    out = task.device_preprocess(batch, jax.random.key(3))
+    targets = np.asarray(out["targets"])
+    np.testing.assert_allclose(targets.sum(-1), 1.0, atol=1e-6)
+    lam = targets[np.arange(6), batch["label"]].min()
+    assert 0 < lam < 1 or np.any(batch["label"] == batch["label"][::-1])
+    model = models.create("lenet5", num_classes=4)
+    variables = model.init(jax.random.key(0), out["image"][:1])
+    loss = task.loss(model.apply, variables, out, jax.random.key(0))
+    (logits, _), _ = apply_model(model.apply, variables, out["image"], train=True,
+                                 rng=jax.random.key(0))  # fmt: skip
+    want = soft_cross_entropy(logits, out["targets"]).sum()
+    np.testing.assert_allclose(float(loss.numerator), float(want), rtol=1e-5)
+    assert float(loss.denominator) == 6
+
+
+def test_tasks_that_do_not_mix_refuse_mixup_and_cutmix():
+    info = DataInfo.synthetic((16, 16, 1), None, segmentation=FeatureInfo((16, 16), "uint8", 3))
+    for field in ("mixup_alpha", "cutmix_alpha"):
+        with pytest.raises(ConfigError, match=f"{field}.*task 'segmentation' does not mix"):
+            tasks.create("segmentation", info, image_size=16, augment=T.Augment(**{field: 0.2}))
