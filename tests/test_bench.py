@@ -136,8 +136,10 @@ def test_bench_depthwise_times_each_part_four_ways():
 def test_bench_input_rows_and_summary():
     """The input-path bench on a smoke config: every row, the shapes each stage sees, and
     the summary's two ratios."""
-    proc = run_cli("cnnjax.tools.bench_input", "--config=configs/resnet20_cifar.py:digits,smoke",
-                   "--config.data.image_size=16", "--workers=0", "--steps=2", "--windows=1")  # fmt: skip
+    proc = run_cli(
+        "cnnjax.tools.bench_input", "--config=configs/resnet20_cifar.py:digits,smoke",
+        "--config.data.image_size=16", "--workers=0", "--steps=2", "--windows=1",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     rows = ("host[", "device_stage ", "step ", "trainer_loop ")

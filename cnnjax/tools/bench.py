@@ -7,9 +7,9 @@ Every measurement (model x framework x mode) runs in its own subprocess so that 
 and compile time belong to it alone. Data is synthetic and already on the device; the
 `pipeline` rows measure the grain input pipeline's host stage on its own (digits and
 CIFAR-shaped records) so it can be compared with what the model consumes; `./launch.sh
-bench-input` measures the trainer's whole input path (host and device stages, train loop). One JSON line per row:
-model, framework (cnnjax | torch_eager | torch_channels_last | grain), mode, batch,
-image_size, dtype, img_per_s, step_ms, compile_s, peak_rss_mb, device.
+bench-input` measures the trainer's whole input path (host and device stages, train loop).
+One JSON line per row: model, framework (cnnjax | torch_eager | torch_channels_last |
+grain), mode, batch, image_size, dtype, img_per_s, step_ms, compile_s, peak_rss_mb, device.
 """
 
 import dataclasses
