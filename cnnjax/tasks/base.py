@@ -33,6 +33,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
+import jax
 import numpy as np
 
 from cnnjax.data.features import Feature
@@ -137,11 +138,13 @@ class Task(abc.ABC):
         """What the registry model is built with, besides config.model.kwargs."""
 
     def init_inputs(self) -> tuple:
-        """Positional inputs of `model.init`: the `image` of a padded batch of one after
-        `device_preprocess` (evaluation mode)."""
+        """Positional inputs of `model.init`: zeros shaped like the `image` of a batch of one
+        after `device_preprocess` (evaluation mode; only its shape is computed, so this may
+        be called inside a trace)."""
         batch = {k: f.empty()[None] for k, f in self.features().items()}
         batch.update(index=np.full(1, -1, np.int64), mask=np.zeros(1, np.float32))
-        return (np.asarray(self.device_preprocess(batch, None)["image"]),)
+        image = jax.eval_shape(lambda b: self.device_preprocess(b, None)["image"], batch)
+        return (np.zeros(image.shape, image.dtype),)
 
     @abc.abstractmethod
     def loss(self, apply_fn: Callable, variables: dict, batch: dict, rng) -> Loss:
