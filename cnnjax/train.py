@@ -38,13 +38,10 @@ def parse_flags(argv):
     """absl parsing of the plain flags; the config file with its `--config.*` overrides is
     loaded here, so that a bad flag, file, argument or override exits 2 with one line."""
     global CONFIG
-    overrides = [a.removeprefix("--config.") for a in argv[1:] if a.startswith("--config.")]
-    rest = [a for a in argv if not a.startswith("--config.")]
     try:
-        rest = FLAGS(rest)
         from cnnjax.config import files
 
-        CONFIG = files.load(FLAGS.config, overrides)
+        rest, CONFIG = files.load_from_argv(argv, FLAGS)
     except (flags.Error, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

@@ -149,6 +149,8 @@ def test_bench_input_rows_and_summary():
     assert lines[-1].startswith("host pipeline / step: ") and "trainer loop / step: " in lines[-1]
 
 
-def test_bench_input_bad_workers_exit_2():
-    proc = run_cli("cnnjax.tools.bench_input", "--workers=-1")
-    assert proc.returncode == 2 and "--workers='-1'" in proc.stderr
+@pytest.mark.parametrize("value", ["-1", "two", ""])
+def test_bench_input_bad_workers_exit_2(value):
+    proc = run_cli("cnnjax.tools.bench_input", f"--workers={value}")
+    assert proc.returncode == 2, proc.stderr
+    assert f"--workers={value!r}: expected worker counts >= 0" in proc.stderr

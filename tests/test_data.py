@@ -213,3 +213,18 @@ def test_catalogue_dataset_through_tfds_mock_data(tmp_path):
         assert batch["image"].shape == (config.data.batch_size, 32, 32, 3)
         ds, n = eval_ds(test, config.data, info, global_batch=16)
         assert sum(b["mask"].sum() for b in ds) == 40 and n == 3
+
+
+def test_host_vflip_mirrors_up_down_half_the_time():
+    """`Augment(vflip=True)` on the host (segmentation, detection, reconstruction): each image
+    comes back as it was or mirrored top to bottom, both over a few draws."""
+    image = np.arange(12, dtype=np.float32).reshape(4, 3, 1) / 12
+    seen = set()
+    for seed in range(16):
+        out = T.augment_image(image, T.Augment(vflip=True), np.random.default_rng(seed))
+        if np.array_equal(out, image):
+            seen.add("same")
+        else:
+            np.testing.assert_array_equal(out, image[::-1])
+            seen.add("flipped")
+    assert seen == {"same", "flipped"}

@@ -15,6 +15,8 @@ import cnnjax
 from cnnjax import models, tasks
 from cnnjax.config import base as configlib
 from cnnjax.data import open_sources
+from cnnjax.data import transforms as T
+from cnnjax.data.features import synthetic_batch
 from cnnjax.data.sources import DataInfo, FeatureInfo
 from cnnjax.engine import trainer
 from cnnjax.errors import ConfigError
@@ -190,3 +192,21 @@ def test_a_catalogue_segmentation_dataset_through_tfds_mock_data(tmp_path):
     seg = ex["segmentation"]
     assert ex["image"].shape == (32, 32, 3) and {0, 1} <= set(np.unique(seg)) <= {0, 1, 255}
     assert seg[16, 16] == 1 and seg[1, 16] == 0  # pet in the middle, background around
+
+
+def test_the_device_stage_does_only_pixel_work_the_masks_already_follow():
+    """Crop and flips moved image and mask together on the host; the device stage must not
+    move the image again (masks would misalign): with only geometric augmentations on, the
+    training device stage equals the evaluation one, and colour jitter changes pixels only."""
+    info = DataInfo.synthetic((16, 16, 1), None, segmentation=FeatureInfo((16, 16), "uint8", 3))
+    geometric = _task(info, image_size=16, augment=T.Augment(crop_padding=4, flip=True,
+                                                              vflip=True))  # fmt: skip
+    batch = synthetic_batch(geometric.features(), 4, seed=2)
+    assert batch["image"].dtype == np.uint8
+    trained = geometric.device_preprocess(batch, jax.random.key(5))
+    evaluated = geometric.device_preprocess(batch, None)
+    np.testing.assert_array_equal(np.asarray(trained["image"]), np.asarray(evaluated["image"]))
+    np.testing.assert_array_equal(np.asarray(trained["segmentation"]), batch["segmentation"])
+    jitter = _task(info, image_size=16, augment=T.Augment(color_jitter=0.5))
+    changed = jitter.device_preprocess(batch, jax.random.key(5))["image"]
+    assert not np.array_equal(np.asarray(changed), np.asarray(evaluated["image"]))

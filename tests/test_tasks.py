@@ -307,3 +307,21 @@ def test_tasks_that_do_not_mix_refuse_mixup_and_cutmix():
     for field in ("mixup_alpha", "cutmix_alpha"):
         with pytest.raises(ConfigError, match=f"{field}.*task 'segmentation' does not mix"):
             tasks.create("segmentation", info, image_size=16, augment=T.Augment(**{field: 0.2}))
+
+
+def test_classification_host_batches_stored_pixels_or_resizes_varying_ones():
+    """Square stored images of one size are batched as stored (the device resizes); varying
+    ones, and notebook images of another size, are centre-cropped and resized on the host."""
+    fixed = tasks.create("classification", DataInfo.synthetic((8, 8, 1), 10), image_size=32)
+    assert fixed.features()["image"].shape == (8, 8, 1)
+    rec = {"image": np.full((8, 8, 1), 7, np.uint8), "label": 3, "index": 0}
+    np.testing.assert_array_equal(fixed.eval_preprocess(rec)["image"], rec["image"])
+    other = fixed.eval_preprocess({"image": np.zeros((20, 30, 1), np.uint8), "index": 1})
+    assert other["image"].shape == (8, 8, 1) and other["image"].dtype == np.uint8
+    varying = tasks.create("classification", DataInfo.synthetic((None, None, 3), 10),
+                           image_size=24)  # fmt: skip
+    assert varying.features()["image"].shape == (24, 24, 3)
+    ex = varying.eval_preprocess({"image": np.zeros((40, 60, 3), np.uint8), "index": 2})
+    assert ex["image"].shape == (24, 24, 3)
+    inputs = fixed.device_preprocess({"image": rec["image"][None], "label": np.array([3])}, None)
+    assert inputs["image"].shape == (1, 32, 32, 1) and inputs["image"].dtype == np.float32

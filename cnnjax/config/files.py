@@ -38,6 +38,15 @@ def load(spec, overrides: Iterable[str] | Mapping = (), *, arg: str | None = Non
     return config
 
 
+def load_from_argv(argv: list[str], flag_values, config_flag: str = "config"):
+    """A CLI's absl flags and config: `flag_values` (absl FlagValues) parses `argv` less its
+    `--config.K=V` overrides, then the file named by flag `config_flag` is loaded with them.
+    -> (the remaining argv, the locked config); raises absl's flags.Error or ConfigError."""
+    overrides = [a.removeprefix("--config.") for a in argv[1:] if a.startswith("--config.")]
+    rest = flag_values([a for a in argv if not a.startswith("--config.")])
+    return rest, load(flag_values[config_flag].value, overrides)
+
+
 def _get_config(path: Path, arg: str | None):
     if path.suffix != ".py":
         raise ConfigError(f"config file '{path}' is not a .py file (configs/NAME.py[:args])")

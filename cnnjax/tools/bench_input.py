@@ -42,22 +42,29 @@ flags.DEFINE_boolean("json", False, "One JSON line per row instead of a table.")
 flags.DEFINE_string("out", "", "Also append the JSON rows to this file.")
 
 CONFIG = None
+WORKERS: list[int] = []
+
+
+def worker_counts(text: str) -> list[int]:
+    """'0,2' -> [0, 2]; ConfigError naming the flag unless non-negative integers."""
+    try:
+        counts = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 0:
+        raise ConfigError(f"--workers={text!r}: expected worker counts >= 0, e.g. 0,2")
+    return counts
 
 
 def parse_flags(argv):
     """absl flags plus the config's `--config.*` overrides (as the train CLI)."""
-    global CONFIG
-    overrides = [a.removeprefix("--config.") for a in argv[1:] if a.startswith("--config.")]
-    rest = [a for a in argv if not a.startswith("--config.")]
+    global CONFIG, WORKERS
     try:
-        rest = FLAGS(rest)
         from cnnjax.config import files
 
-        CONFIG = files.load(FLAGS.config, overrides)
-        workers = [int(w) for w in FLAGS.workers.split(",") if w]
-        if not workers or min(workers) < 0:
-            raise ConfigError(f"--workers={FLAGS.workers!r}: worker counts >= 0, e.g. 0,2")
-    except (flags.Error, ConfigError, ValueError) as e:
+        rest, CONFIG = files.load_from_argv(argv, FLAGS)
+        WORKERS = worker_counts(FLAGS.workers)
+    except (flags.Error, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     return rest
@@ -201,14 +208,13 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
-    workers = [int(w) for w in FLAGS.workers.split(",") if w]
     if not FLAGS.json:
         c = CONFIG
         print(f"{FLAGS.config}: {c.model.name} on {c.data.name} at {c.data.image_size}px, "
               f"batch {c.data.batch_size}, {c.train.compute_dtype}; {cores()} host cores; "
               f"load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
     try:
-        rows = measure(CONFIG, workers, FLAGS.steps, FLAGS.windows)
+        rows = measure(CONFIG, WORKERS, FLAGS.steps, FLAGS.windows)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
