@@ -134,11 +134,12 @@ def test_bench_depthwise_times_each_part_four_ways():
 
 
 def test_bench_input_rows_and_summary():
-    """The input-path bench on a smoke config: every row, the shapes each stage sees, and
-    the summary's two ratios."""
+    """The input-path bench on a smoke config: every row, the shapes each stage sees, the
+    host profile (the task's own preprocess among the functions it names) and the summary's
+    two ratios."""
     proc = run_cli(
         "cnnjax.tools.bench_input", "--config=configs/resnet20_cifar.py:digits,smoke",
-        "--config.data.image_size=16", "--workers=0", "--steps=2", "--windows=1",
+        "--config.data.image_size=16", "--workers=0", "--steps=2", "--windows=1", "--profile=2",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
@@ -146,6 +147,13 @@ def test_bench_input_rows_and_summary():
     names = [ln.split()[0] for ln in lines if ln.startswith(rows)]
     assert names == ["host[workers=0]", "device_stage", "step", "trainer_loop"], proc.stdout
     assert "host (8, 8, 1) model_input (16, 16, 1)" in proc.stdout  # uint8 8x8 in, 16 px out
+    profile = proc.stdout[proc.stdout.index("host stage profile") :].splitlines()
+    assert profile[1].startswith("  by library: ") and "cnnjax " in profile[1], profile[1]
+    profile = profile[3:-1]
+    assert len(profile) == 15, proc.stdout
+    shares = [float(ln.split("%")[0]) for ln in profile]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
+    assert any("preprocess (classification.py:" in ln for ln in profile), proc.stdout
     assert lines[-1].startswith("host pipeline / step: ") and "trainer loop / step: " in lines[-1]
 
 

@@ -3,6 +3,7 @@ that move with every augmentation, the bad-input rules, and VOC / COCO through t
 
 import logging
 
+import jax
 import numpy as np
 import pytest
 
@@ -99,7 +100,8 @@ def test_every_augmentation_keeps_the_boxes_on_their_objects():
     rng = np.random.default_rng(0)
     for _ in range(40):
         ex = task.train_preprocess(record, rng)
-        x = ex["image"][..., 0] * task.info.std[0] + task.info.mean[0]  # back to [0, 1]
+        assert ex["image"].dtype == np.uint8  # the host batches uint8; the device normalises
+        x = ex["image"][..., 0] / 255.0
         bright = x > 0.6  # a half-covered edge pixel (bilinear) reads 0.5
         covered = np.zeros_like(bright)
         for b in ex["boxes"][ex["box_valid"] > 0] * 32:
@@ -108,6 +110,28 @@ def test_every_augmentation_keeps_the_boxes_on_their_objects():
             assert x[r0:r1, c0:c1].mean() > 0.4, "a box lost its object"
             covered[r0:r1, c0:c1] = True
         assert not (bright & ~covered).any(), "an object lost its box"
+
+
+def test_the_device_stage_does_only_pixel_work_the_boxes_already_follow():
+    """Scale, shifts and flips moved image and boxes together on the host; the device stage
+    must not move the image again (boxes would misalign): with only geometric augmentations
+    on, the training device stage equals the evaluation one (the normalised image), and
+    colour jitter and noise change pixels only, never the boxes."""
+    geometric = _task(scale_jitter=0.3, augment=Augment(crop_padding=6, flip=True, vflip=True))
+    record = _record([[0.1, 0.1, 0.4, 0.3], [0.5, 0.6, 0.9, 0.95]], [0, 1])
+    examples = [geometric.train_preprocess(record, np.random.default_rng(i)) for i in range(3)]
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    trained = geometric.device_preprocess(batch, jax.random.key(5))
+    evaluated = geometric.device_preprocess(batch, None)
+    np.testing.assert_array_equal(np.asarray(trained["image"]), np.asarray(evaluated["image"]))
+    expected = (batch["image"] / 255.0 - geometric.info.mean[0]) / geometric.info.std[0]
+    np.testing.assert_allclose(np.asarray(evaluated["image"]), expected, atol=1e-5)
+    for key in ("boxes", "box_classes", "box_valid"):
+        np.testing.assert_array_equal(np.asarray(trained[key]), batch[key])
+    colour = _task(augment=Augment(color_jitter=0.5, noise_std=0.1))
+    changed = colour.device_preprocess(batch, jax.random.key(5))
+    assert not np.array_equal(np.asarray(changed["image"]), np.asarray(evaluated["image"]))
+    np.testing.assert_array_equal(np.asarray(changed["boxes"]), batch["boxes"])
 
 
 def _voc_records(self, split, **kwargs):

@@ -87,13 +87,29 @@ def train_dataset(
     """Endless stream of local train batches of `batch_size // process_count` examples;
     reshuffled every epoch, deterministic by seed. `preprocess(record, rng) -> example`;
     `workers` > 0: that many grain worker processes (see the module docstring)."""
-    ds = grain.MapDataset.source(source).map_with_index(_WithIndex(len(source)))
-    ds = ds.seed(seed).shuffle().repeat(None)
-    ds = ds[process_index::process_count]
-    ds = ds.random_map(_Prepare(preprocess, spec))
+    ds = train_examples(source, preprocess, spec, seed=seed, process_index=process_index,
+                        process_count=process_count)  # fmt: skip
     ds = ds.to_iter_dataset(_read_options(read_threads, prefetch))
     ds = ds.batch(batch_size // process_count, drop_remainder=True)
     return _in_workers(ds, workers, prefetch)
+
+
+def train_examples(
+    source,
+    preprocess: Callable,
+    spec: dict[str, Feature],
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.MapDataset:
+    """The train stream's examples before batching, as a random-access grain MapDataset
+    (`ds[i]` reads and prepares example i in the calling thread: what `train_dataset`'s
+    readers run, and what `./launch.sh bench-input --profile` profiles)."""
+    ds = grain.MapDataset.source(source).map_with_index(_WithIndex(len(source)))
+    ds = ds.seed(seed).shuffle().repeat(None)
+    ds = ds[process_index::process_count]
+    return ds.random_map(_Prepare(preprocess, spec))
 
 
 @dataclasses.dataclass(frozen=True)

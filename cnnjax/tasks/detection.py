@@ -15,7 +15,9 @@ naming the record. Boxes flagged by `ignore_key` (COCO `objects/is_crowd`, VOC
 valid (all background). A non-square image is resized to `image_size` squared (boxes
 unchanged, as YOLO and SSD warp their inputs). Training applies scale jitter
 (`scale_jitter`), a random shift (`data.aug.crop_padding`) and a horizontal flip
-(`data.aug.flip`) to image and boxes together; a box that leaves the image is dropped.
+(`data.aug.flip`, `data.aug.vflip`) to image and boxes together on the host; a box that
+leaves the image is dropped. The host batches uint8 images; the pixel-only augmentations
+(colour jitter, blur, noise) and normalisation run on device (`device_preprocess`).
 
 Ground truth is padded to `max_boxes`: `boxes` [M, 4] float32, `box_classes` [M] int32,
 `box_valid` [M] float32 (1 real, 0 padding). A record with more objects than `max_boxes` is
@@ -39,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnjax.data import device_augment as DA
 from cnnjax.data import geometry
 from cnnjax.data import transforms as T
 from cnnjax.data.features import Feature
@@ -153,7 +156,7 @@ class Detection(Task):
     def features(self) -> dict:
         s, c, m = self.image_size, self.info.image_shape[-1], self.max_boxes
         return {
-            "image": Feature((s, s, c), "float32"),
+            "image": Feature((s, s, c), "uint8", 0, 0, 256),
             "boxes": Feature((m, 4), "float32", 0.0, 0.0, 1.0),
             "box_classes": Feature((m,), "int32", 0, 0, self.classes),
             "box_valid": Feature((m,), "float32", 0.0, 0.0, 1.0),
@@ -222,26 +225,33 @@ class Detection(Task):
         if rng is not None:
             ex = self._augment_geometry(ex, rng)
         ex = geometry.resize(ex, self.image_size, self.image_size)
-        x = T.to_float(ex["image"])
-        if rng is not None:
-            x = T.photometric(x, self.augment, rng)
-        extras = self.example_extras(x, ex)
-        mean, std = (np.asarray(v, np.float32) for v in (self.info.mean, self.info.std))
-        x = T.normalize(x, mean, std)
-        if rng is not None:
-            x = T.add_noise(x, self.augment.noise_std, rng)
+        image = np.ascontiguousarray(ex["image"], np.uint8)
+        extras = self.example_extras(T.to_float(image), ex)
         boxes, classes, valid = self._pad(ex["boxes"], ex["box_classes"], index)
         return {
-            "image": np.ascontiguousarray(x, np.float32),
+            "image": image,
             "boxes": boxes,
             "box_classes": classes,
             "box_valid": valid,
             **extras,
         }
 
+    def device_preprocess(self, batch: dict, rng) -> dict:
+        """uint8 images (already moved with their boxes on the host) -> normalised float32;
+        in training first colour jitter, blur and noise, which leave the boxes alone. The
+        geometry stays on the host: random scale and crop drop boxes that leave the image,
+        which changes how many an image has, and selective search (`example_extras`) needs
+        the moved image."""
+        norm = {"size": self.image_size, "mean": self.info.mean, "std": self.info.std}
+        if rng is None:
+            return {**batch, "image": DA.eval_batch(batch["image"], **norm)}
+        pixels_only = dataclasses.replace(self.augment, crop_padding=0, flip=False, vflip=False)
+        return {**batch, "image": DA.augment_batch(batch["image"], rng, pixels_only, **norm)}
+
     def example_extras(self, image: np.ndarray, example: dict) -> dict:
-        """Per-example features a detector computes in the input pipeline from the final
-        image (float [S, S, C] in [0, 1], before normalisation) and its boxes (e.g.
+        """Per-example features a detector computes in the input pipeline from the moved
+        and resized image (float [S, S, C] in [0, 1], before the device stage's colour work
+        and normalisation) and its boxes (e.g.
         selective-search proposals); keys must be in `features()`. None by default."""
         return {}
 

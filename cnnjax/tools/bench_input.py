@@ -1,7 +1,7 @@
 """The trainer's own input path against what its model consumes, side by side in one run.
 
     ./launch.sh bench-input [--config=configs/resnet20_cifar.py:digits] [--config.x=y ...]
-        [--workers=0,2] [--steps=20] [--windows=3] [--json] [--out=FILE]
+        [--workers=0,2] [--steps=20] [--windows=3] [--json] [--out=FILE] [--profile=BATCHES]
 
 One process, one config, the trainer's own set-up (`cnnjax.engine.build`); rows in img/s:
 
@@ -16,6 +16,11 @@ One process, one config, the trainer's own set-up (`cnnjax.engine.build`); rows 
   `DevicePrefetch` -> train step, at most two steps in flight; `input_ms` is the host time
   per step spent getting batches (on the loop's critical path), `wait_ms` the time spent
   waiting for the device.
+
+`--profile=N` also runs the host stage's per-example work (record read, the task's
+preprocess, the feature check; `pipeline.train_examples`) and the batching for N batches in
+this thread under cProfile, and prints the functions that take the most of its own time,
+with their share, per example.
 
 The summary gives host / step (the headroom: the pipeline feeds this model `x` times over)
 and trainer_loop / step (1.0: the model never waits for its input).
@@ -40,6 +45,12 @@ flags.DEFINE_integer("steps", 20, "Batches (steps) per timed window.")
 flags.DEFINE_integer("windows", 3, "Timed windows; the fastest is reported.")
 flags.DEFINE_boolean("json", False, "One JSON line per row instead of a table.")
 flags.DEFINE_string("out", "", "Also append the JSON rows to this file.")
+flags.DEFINE_integer(
+    "profile",
+    0,
+    "Also profile the host stage on this many batches in "
+    "this thread (cProfile) and print where its time goes.",
+)
 
 CONFIG = None
 WORKERS: list[int] = []
@@ -162,6 +173,74 @@ def loop_row(run, steps_fn, state, steps: int, windows: int) -> dict:
                 wait_ms=box["wait"] / total * 1e3)  # fmt: skip
 
 
+PACKAGES = ("grain", "array_record", "tensorflow_datasets", "cnnjax", "numpy", "jax")
+
+
+def package_of(path: str, name: str) -> str:
+    """The library a profiled function belongs to (by its file, or a builtin's module)."""
+    text = (path + " " + name).replace("\\", "/")
+    for p in PACKAGES:
+        if f"/{p}/" in text or f"{p}." in text or f"<{p}" in text:
+            return p
+    return "python"
+
+
+def host_profile(run, batches: int, top: int = 15) -> tuple[float, dict, list[dict]]:
+    """-> (ms per example, ms per example by library, the `top` functions by own time:
+    name, calls per example, ms per example, share of the total) of the host stage run in
+    this thread for `batches` batches."""
+    import cProfile
+    import pstats
+
+    import numpy as np
+
+    from cnnjax.data import pipeline
+
+    c, task = run.config, run.task
+    ds = pipeline.train_examples(run.train_source, task.train_preprocess, task.features(),
+                                 seed=c.train.seed)  # fmt: skip
+    b = c.data.batch_size
+    n = batches * b
+
+    def work():
+        for start in range(0, n, b):
+            examples = [ds[i] for i in range(start, start + b)]
+            {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+    work_once = [ds[i] for i in range(min(b, 8))]  # warm caches (tfds file handles) first
+    del work_once
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.runcall(work)
+    total = time.perf_counter() - t
+    stats = pstats.Stats(prof).stats
+    rows, by_package = [], collections.Counter()
+    for (path, line, name), (_, calls, own, _, _) in stats.items():
+        by_package[package_of(path, name)] += own / n * 1e3
+        where = f"{os.path.basename(path)}:{line}" if line else "builtin"
+        rows.append({"function": f"{name} ({where})", "calls_per_example": calls / n,
+                     "ms_per_example": own / n * 1e3, "share": 0.0})  # fmt: skip
+    profiled = sum(r["ms_per_example"] for r in rows)
+    for r in rows:
+        r["share"] = r["ms_per_example"] / profiled if profiled else 0.0
+    rows.sort(key=lambda r: -r["ms_per_example"])
+    return total / n * 1e3, dict(by_package.most_common()), rows[:top]
+
+
+def format_profile(ms: float, by_package: dict, rows: list[dict]) -> str:
+    total = sum(by_package.values()) or 1.0
+    lines = [f"host stage profile (one thread, cProfile): {ms:.3f} ms per example "
+             f"(profiler overhead included)",
+             "  by library: " + ", ".join(f"{k} {v / total:.0%}" for k, v in by_package.items()),
+             "  own time per example:"]  # fmt: skip
+    lines += [
+        f"  {r['share']:>6.1%} {r['ms_per_example']:>8.4f} ms "
+        f"{r['calls_per_example']:>6.1f} calls  {r['function']}"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
 def measure(config, workers: list[int], steps: int, windows: int) -> list[dict]:
     import jax
 
@@ -177,6 +256,10 @@ def measure(config, workers: list[int], steps: int, windows: int) -> list[dict]:
         steps_fn = trainer.compile_steps(run)
         step, state = step_row(run, steps_fn, trainer.init_state(run), host_batch, steps, windows)
         rows += [step, loop_row(run, steps_fn, state, steps, windows)]
+        if FLAGS.profile > 0:
+            ms, by_package, top = host_profile(run, FLAGS.profile)
+            rows.append({"row": "host_profile", "ms_per_example": ms, "by_library": by_package,
+                         "top": top})  # fmt: skip
     common = {"config": FLAGS.config, "model": config.model.name, "dataset": config.data.name,
               "image_size": config.data.image_size, "dtype": config.train.compute_dtype,
               "device": jax.devices()[0].device_kind}  # fmt: skip
@@ -184,6 +267,7 @@ def measure(config, workers: list[int], steps: int, windows: int) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> str:
+    rows = [r for r in rows if r["row"] != "host_profile"]
     by = {r["row"]: r for r in rows}
     step = by["step"]["img_per_s"]
     best_host = max(r["img_per_s"] for r in rows if r["row"].startswith("host"))
@@ -219,7 +303,12 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     for r in rows:
-        print(json.dumps(r) if FLAGS.json else format_row(r), flush=True)
+        if FLAGS.json:
+            print(json.dumps(r), flush=True)
+        elif r["row"] == "host_profile":
+            print(format_profile(r["ms_per_example"], r["by_library"], r["top"]), flush=True)
+        else:
+            print(format_row(r), flush=True)
     if not FLAGS.json:
         print(summary(rows), flush=True)
     if FLAGS.out:
