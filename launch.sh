@@ -21,6 +21,17 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=${CNNJAX_VENV:-.venv}
 
+# malloc on transparent huge pages for everything started here (cnnjax/runtime/malloc.py: XLA
+# allocates each CPU step's buffers afresh; 4 KB page faults were a quarter of a step).
+# glibc reads this once, at process start. CNNJAX_NO_HUGEPAGES=1 leaves it out.
+if [[ -z "${CNNJAX_NO_HUGEPAGES:-}" ]] && grep -qs -e '\[always\]' -e '\[madvise\]' \
+    /sys/kernel/mm/transparent_hugepage/enabled; then
+  case ":${GLIBC_TUNABLES:-}:" in
+    *:glibc.malloc.hugetlb=1:*) ;;
+    *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" ;;
+  esac
+fi
+
 # True if every extra in comma list $2 is in comma list $1.
 has_extras() {
   local e
@@ -48,6 +59,8 @@ bootstrap() {
   # The XLA:CPU recompute barrier (cnnjax/runtime/materialize.py); without a C++ compiler
   # this prints why and training runs without it.
   "$VENV/bin/python" -m cnnjax.runtime.materialize >&2 || true
+  # oneDNN's CPU convolutions (cnnjax/ops/onednn.py); without them XLA's are used.
+  "$VENV/bin/python" -m cnnjax.ops.onednn >&2 || true
   echo "$want $extras" >"$stamp"
 }
 

@@ -1,6 +1,12 @@
 """cnnjax: the classic convolutional-network curriculum in JAX/Flax."""
 
-from cnnjax.runtime import xla_env as _xla_env
+from cnnjax.runtime import malloc as _malloc
+
+# `python -m cnnjax.<tool>` restarts itself with malloc on transparent huge pages when it was
+# started without (cnnjax/runtime/malloc.py); before anything else is loaded.
+_malloc.reexec_if_needed()
+
+from cnnjax.runtime import xla_env as _xla_env  # noqa: E402
 
 _xla_env.apply_cpu_defaults()
 

@@ -26,7 +26,7 @@ import time
 KINDS = (
     ("convolution", re.compile(r"conv|xmma|implicit|cudnn|dgrad|wgrad|fprop", re.I)),
     ("GEMM / dot", re.compile(r"gemm|cutlass|cublas|matmul|^dot", re.I)),
-    ("custom call", re.compile(r"custom", re.I)),
+    ("custom call (oneDNN conv, barrier)", re.compile(r"custom|ffi_call", re.I)),
     ("reduction fusion", re.compile(r"reduce|reduction|input_", re.I)),
     ("triton fusion", re.compile(r"triton", re.I)),
     ("copy/transpose", re.compile(r"copy|transpose|memcpy|memset", re.I)),
@@ -103,7 +103,19 @@ def summarise(xplane_path: str, steps: int) -> dict:
         "kernel_ms_per_step": sum(b - a for _, a, b in kernels) / steps / 1e6,
         "by_kind_ms": {k: v / steps / 1e6 for k, v in by_kind.most_common()},
         "top": [(n[:90], v / steps / 1e6, count[n] / steps) for n, v in by_name.most_common(15)],
+        "by_prefix": _by_prefix(by_name, count, steps),
     }
+
+
+def _by_prefix(by_name, count, steps, top: int = 12) -> list:
+    """Instructions grouped by name without XLA's numeric suffix (all `transpose_copy_fusion.N`
+    together): (prefix, ms/step, launches/step), the largest first."""
+    ms, n = collections.Counter(), collections.Counter()
+    for name, ns in by_name.items():
+        prefix = re.sub(r"\.\d+$", "", name)
+        ms[prefix] += ns
+        n[prefix] += count[name]
+    return [(p[:90], v / steps / 1e6, n[p] / steps) for p, v in ms.most_common(top)]
 
 
 def main():
@@ -113,7 +125,8 @@ def main():
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--image_size", type=int, default=0)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--batch_norm", default="cnnjax", choices=["cnnjax", "flax"])
+    p.add_argument("--batch_norm", default="auto", choices=["auto", "onednn", "cnnjax", "flax"])
+    p.add_argument("--conv", default="auto", choices=["auto", "onednn", "xla", "patch"])
     p.add_argument("--materialize", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--depthwise", default="auto", choices=["auto", "shifted", "xla"])
     p.add_argument("--timed", type=int, default=20, help="Steps timed before the trace.")
@@ -124,7 +137,8 @@ def main():
     import cnnjax  # noqa: F401  (the project's XLA flags, as in the bench)
 
     step, state, data = build(args.model, args.batch, args.dtype, args.image_size, args.batch_norm,
-                              materialize=args.materialize, depthwise=args.depthwise)  # fmt: skip
+                              conv=args.conv, materialize=args.materialize,
+                              depthwise=args.depthwise)  # fmt: skip
     box = [state, None]
 
     def run(n):
@@ -152,6 +166,9 @@ def main():
           f"{s['kernels_per_step']:.0f} kernels/step")  # fmt: skip
     for kind, ms in s["by_kind_ms"].items():
         print(f"  {kind:24s} {ms:8.2f} ms  {ms / s['kernel_ms_per_step']:5.1%}")
+    print("by instruction name without its suffix (ms/step, launches/step):")
+    for name, ms, n in s["by_prefix"]:
+        print(f"  {ms:7.2f} {n:5.0f}  {name}")
     print("top kernels (ms/step, launches/step):")
     for name, ms, n in s["top"]:
         print(f"  {ms:7.2f} {n:5.0f}  {name}")

@@ -15,12 +15,25 @@ KEYS = {"model", "framework", "mode", "batch", "image_size", "img_per_s", "compi
 def test_bench_json_rows_for_cnnjax_with_and_without_the_barrier_and_torch():
     proc = run_cli("cnnjax.tools.bench", "--models=resnet20_cifar", "--mode=train", "--batch=4",
                    "--image_size=16", "--steps=1", "--windows=1", "--materialize=on,off",
-                   "--frameworks=cnnjax,torch_channels_last", "--nopipeline", "--json")  # fmt: skip
+                   "--frameworks=cnnjax,torch_channels_last", "--nopipeline", "--json",
+                   "--peak_n=256")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [(r["framework"], r.get("materialize")) for r in rows] == [
-        ("cnnjax", "on"), ("cnnjax", "off"), ("torch_channels_last", None)
+        ("matmul", None), ("cnnjax", "on"), ("cnnjax", "off"), ("torch_channels_last", None)
     ]  # fmt: skip
+    peak, rows = rows[0], rows[1:]
+    # the fp32 peak: the faster of XLA's and PyTorch's matmul; each model row's share of it
+    assert peak["image_size"] == 256 and peak["gflop_per_s"] == max(
+        peak["xla_gflop_per_s"], peak["torch_gflop_per_s"]
+    )
+    from cnnjax.analysis.arithmetic import analyze
+
+    macs = analyze("resnet20_cifar", (16, 16, 3), num_classes=10).macs
+    for r in rows:
+        flop = 2 * 3 * 4 * macs  # a training step: forward and two gradients, batch 4
+        assert r["gflop_per_s"] == pytest.approx(flop / r["step_ms"] / 1e6, rel=0.05), r
+        assert r["of_peak"] == pytest.approx(r["gflop_per_s"] / peak["gflop_per_s"])
     for r in rows:
         assert "error" not in r, r
         assert set(r) >= KEYS, r
@@ -32,7 +45,7 @@ def test_bench_json_rows_for_cnnjax_with_and_without_the_barrier_and_torch():
 @pytest.mark.zoo_full  # two more interpreters (~25 s): CI's second stage
 def test_bench_pipeline_rows():
     proc = run_cli("cnnjax.tools.bench", "--models=resnet20_cifar", "--mode=train", "--batch=4",
-                   "--steps=1", "--windows=1", "--frameworks=", "--json")  # fmt: skip
+                   "--steps=1", "--windows=1", "--frameworks=", "--json", "--nopeak")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [(r["framework"], r["model"]) for r in rows] == [
@@ -56,7 +69,7 @@ def test_bench_bad_model_exits_2():
 def test_bench_an_lstm_against_its_torch_twin():
     proc = run_cli("cnnjax.tools.bench", "--models=lstm", "--mode=train", "--batch=4",
                    "--steps=1", "--windows=1", "--frameworks=cnnjax,torch_eager", "--nopipeline",
-                   "--json")  # fmt: skip
+                   "--json", "--nopeak")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["framework"] for r in rows] == ["cnnjax", "torch_eager"]

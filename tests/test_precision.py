@@ -18,6 +18,7 @@ from cnnjax.logs.writers import read_metrics
 from cnnjax.models import patch_conv, rewrite
 from cnnjax.models.patch_conv import PatchConv, conv_for_backend
 from cnnjax.models.patch_conv import _patches as patches
+from cnnjax.ops import onednn
 from tests.conftest import classification_step, image_inputs, load_config, run_cli
 
 SMOKE = "--config=configs/resnet20_cifar.py:digits,smoke"
@@ -185,8 +186,11 @@ def test_patch_conv_resnet_matches_xla_conv_resnet():
 
 
 def test_conv_choice_by_backend_and_bad_values():
-    # im2col is an option, no longer the CPU default (BENCHMARKS.md, "CPU: im2col re-decided")
-    assert conv_for_backend("auto", "cpu", depthwise="xla") is nn.Conv
+    # im2col is an option, no longer the CPU default (BENCHMARKS.md, "CPU: im2col re-decided");
+    # on one CPU device the default is oneDNN's convolution where it builds (test_onednn.py)
+    auto = conv_for_backend("auto", "cpu", depthwise="xla")
+    onednn_here = onednn.available()[0] and jax.device_count() == 1
+    assert auto.keywords["conv_general_dilated"].onednn if onednn_here else auto is nn.Conv
     assert conv_for_backend("patch", "cpu", depthwise="xla") is PatchConv
     assert conv_for_backend("auto", "gpu") is nn.Conv  # depthwise 'auto' is XLA's off the CPU
     assert conv_for_backend("xla", "cpu", depthwise="xla") is nn.Conv

@@ -88,15 +88,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.record_log = False  # True: workdir/records.jsonl lists each step's record ids
     # Speed (see BENCHMARKS.md). Params, optimizer state and BN statistics stay float32.
     c.train.compute_dtype = "float32"  # float32 | bfloat16: the models' activation dtype
-    c.train.conv = "auto"  # auto (= xla, measured fastest everywhere) | xla | patch (im2col)
-    # auto (on for CPU when the custom call builds) | on | off: an XLA fusion barrier on each
-    # convolution's input and output gradient, so the backward pass stops recomputing the
-    # BatchNorm/ReLU/residual chain per weight gradient (cnnjax/runtime/materialize.py)
+    c.train.conv = "auto"  # auto (= onednn on one CPU device, else xla) | onednn | xla | patch
+    # auto (on for CPU when the custom call builds, except with oneDNN's convolutions, whose
+    # custom calls read their inputs from memory already) | on | off: an XLA fusion barrier on
+    # each convolution's input and output gradient, so the backward pass stops recomputing
+    # the BatchNorm/ReLU/residual chain per weight gradient (cnnjax/runtime/materialize.py)
     c.train.materialize = "auto"
-    # auto (shifted on CPU) | shifted | xla: depthwise convolutions as k*k shifted multiplies
-    # (XLA:CPU has no depthwise kernel; cnnjax/ops/depthwise.py) or XLA's grouped convolution
+    # auto (shifted on CPU unless the convolutions are oneDNN's) | shifted | xla: depthwise
+    # convolutions as k*k shifted multiplies (XLA:CPU has no depthwise kernel;
+    # cnnjax/ops/depthwise.py) or as train.conv computes grouped convolutions
     c.train.depthwise = "auto"
-    c.train.batch_norm = "cnnjax"  # cnnjax (backward keeps only the input) | flax
+    # auto (= onednn where the convolutions are oneDNN's, else cnnjax) | onednn (oneDNN's
+    # kernels, float32 CPU training) | cnnjax (backward keeps only the input) | flax
+    c.train.batch_norm = "auto"
     c.train.grad_accum_steps = 1  # > 1 sums gradients over this many micro-batches per step
     c.train.ema_decay = 0.0  # > 0 keeps an EMA of params and BN stats, evaluated as 'eval_ema'
     # '' = $CNNJAX_COMPILATION_CACHE_DIR if set, else <workdir>/../.jax_cache; 'off' = none

@@ -5,7 +5,12 @@ import jax
 from cnnjax.errors import ConfigError
 from cnnjax.models.layers import maps_by_stride
 from cnnjax.models.patch_conv import DEPTHWISE_CHOICES
-from cnnjax.models.rewrite import BATCH_NORMS, COMPUTE_DTYPES, CONV_CHOICES, MATERIALIZE_CHOICES
+from cnnjax.models.rewrite import (
+    BATCH_NORM_CHOICES,
+    COMPUTE_DTYPES,
+    CONV_CHOICES,
+    MATERIALIZE_CHOICES,
+)
 
 # The allowed values of the config's choice settings (the engine builds from these names).
 OPTIMIZERS = ("sgd", "adamw")
@@ -123,7 +128,7 @@ DOMAINS: dict[str, Domain] = {
     "train.record_log": BOOL,
     "train.compute_dtype": _choice(tuple(COMPUTE_DTYPES)),
     "train.conv": _choice(CONV_CHOICES),
-    "train.batch_norm": _choice(tuple(BATCH_NORMS)),
+    "train.batch_norm": _choice(BATCH_NORM_CHOICES),
     "train.materialize": _choice(MATERIALIZE_CHOICES),
     "train.depthwise": _choice(DEPTHWISE_CHOICES),
     "train.grad_accum_steps": _int(1),

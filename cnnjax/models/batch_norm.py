@@ -14,6 +14,11 @@ convolutions 32%). This BatchNorm has flax's variables, defaults and forward num
 
 (sums over all axes but the feature axis, n elements each). Gradients equal JAX's
 derivative of flax's formula up to float rounding (tests/test_batch_norm.py).
+
+`BatchNorm(kernels='onednn')` (what `train.batch_norm='onednn'` builds) computes a float32
+NHWC training step with oneDNN's fused kernels instead (cnnjax/ops/onednn.py; the variance
+two-pass rather than flax's E[x^2] - E[x]^2, equal to float rounding); other dtypes and
+shapes, and evaluation, stay on the formulas above.
 """
 
 import functools
@@ -22,6 +27,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from cnnjax.ops import onednn
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -72,6 +79,7 @@ class BatchNorm(nn.Module):
     param_dtype: Any = jnp.float32
     scale_init: Any = nn.initializers.ones
     bias_init: Any = nn.initializers.zeros
+    kernels: str = "xla"  # xla | onednn (the training step; see the module docstring)
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None):
@@ -87,7 +95,12 @@ class BatchNorm(nn.Module):
             inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
             y = (x.astype(jnp.float32) - ra_mean.value) * (inv * scale) + bias
             return y.astype(out_dtype)
-        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, out_dtype)
+        if self.kernels not in ("xla", "onednn"):
+            raise ValueError(f"BatchNorm kernels {self.kernels!r} is not 'xla' or 'onednn'")
+        if self.kernels == "onednn" and onednn.batch_norm_applies(x) and out_dtype == jnp.float32:
+            y, mean, var = onednn.batch_norm_train(x, scale, bias, self.epsilon)
+        else:
+            y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, out_dtype)
         if not self.is_initializing():
             m = self.momentum
             ra_mean.value = m * ra_mean.value + (1 - m) * mean

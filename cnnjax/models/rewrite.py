@@ -14,13 +14,37 @@ import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError
 from cnnjax.models.batch_norm import BatchNorm
-from cnnjax.models.patch_conv import CONVS, conv_for_backend, is_conv_module
+from cnnjax.models.patch_conv import CONVS, conv_for_backend, is_conv_module, resolve_conv
 from cnnjax.runtime import materialize as materialize_lib
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONV_CHOICES = ("auto", *CONVS)
-# flax's BatchNorm, or cnnjax's with a hand-written backward (cnnjax/models/batch_norm.py).
-BATCH_NORMS = {"flax": nn.BatchNorm, "cnnjax": BatchNorm}
+# flax's BatchNorm, or cnnjax's with a hand-written backward (cnnjax/models/batch_norm.py),
+# or cnnjax's with oneDNN's training kernels on CPU (cnnjax/ops/onednn.py); 'auto' picks.
+BATCH_NORMS = {
+    "flax": nn.BatchNorm,
+    "cnnjax": BatchNorm,
+    "onednn": functools.partial(BatchNorm, kernels="onednn"),
+}
+BATCH_NORM_CHOICES = ("auto", *BATCH_NORMS)
+
+
+def resolve_batch_norm(setting: str, backend: str | None = None, conv: str = "auto") -> str:
+    """train.batch_norm -> 'flax' | 'cnnjax' | 'onednn'. 'auto' follows the convolutions:
+    'onednn' where `conv` (train.conv) resolves to oneDNN's (one CPU device, the library
+    builds; measured faster, BENCHMARKS.md "CPU: oneDNN convolutions"), else 'cnnjax'.
+    'onednn' is an error where it cannot be had, naming why."""
+    if setting not in BATCH_NORM_CHOICES:
+        raise ConfigError(
+            f"train.batch_norm is {setting!r}; expected one of {list(BATCH_NORM_CHOICES)}"
+        )
+    if setting == "auto":
+        return "onednn" if resolve_conv(conv, backend) == "onednn" else "cnnjax"
+    if setting == "onednn":
+        resolve_conv("onednn", backend)  # the same requirements, the same errors
+    return setting
+
+
 # train.materialize: the recompute barrier around each convolution (cnnjax/runtime/materialize.py).
 MATERIALIZE_CHOICES = ("auto", "on", "off")
 # train.depthwise (patch_conv.DEPTHWISE_CHOICES): depthwise convolutions as shifted
@@ -93,12 +117,16 @@ def _rewrite(model, train_cfg, backend, path, materialize=False, forced=False):
         )
     if "conv" in fields and _uses_flax_conv(model.conv):
         # 'auto' leaves out the families measured slower with the barrier (RECOMPUTE_BARRIER =
-        # False on the class: the depthwise nets); 'on' puts it everywhere.
-        barrier = materialize and (forced or getattr(type(model), "RECOMPUTE_BARRIER", True))
+        # False on the class: the depthwise nets) and oneDNN's convolutions (a custom call
+        # reads its inputs from memory already: nothing to recompute); 'on' puts it everywhere.
+        conv = resolve_conv(train_cfg.conv, backend)
+        family = getattr(type(model), "RECOMPUTE_BARRIER", True)
+        barrier = materialize and (forced or (family and conv != "onednn"))
         depthwise = getattr(train_cfg, "depthwise", "auto")
-        overrides["conv"] = conv_for_backend(train_cfg.conv, backend, barrier, depthwise)
+        overrides["conv"] = conv_for_backend(conv, backend, barrier, depthwise)
     if "norm" in fields and any(model.norm is n for n in BATCH_NORMS.values()):
-        overrides["norm"] = BATCH_NORMS[train_cfg.batch_norm]
+        norm = resolve_batch_norm(train_cfg.batch_norm, backend, train_cfg.conv)
+        overrides["norm"] = BATCH_NORMS[norm]
     for name in fields.keys() - {"parent", "name"}:
         value = getattr(model, name)
         if isinstance(value, nn.Module):

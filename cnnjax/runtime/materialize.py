@@ -24,99 +24,30 @@ elementwise.
 """
 
 import functools
-import hashlib
-import logging
-import os
-import shutil
 import string
-import subprocess
-import tempfile
-from pathlib import Path
 
 import jax
 
+from cnnjax.runtime import ffi_build
+from cnnjax.runtime.ffi_build import FFI_DIR_ENV, Unavailable  # noqa: F401  (re-exported)
+
 TARGET = "cnnjax_materialize"
-SOURCE = Path(__file__).parent / "ffi" / "materialize.cc"
-FFI_DIR_ENV = "CNNJAX_FFI_DIR"
-_SYMBOL = "CnnjaxMaterialize"
-
-log = logging.getLogger(__name__)
+SOURCE = ffi_build.FFI_SOURCES / "materialize.cc"
+LIBRARY = ffi_build.Library(SOURCE, "cnnjax_materialize", ((TARGET, "CnnjaxMaterialize"),))
 
 
-class Unavailable(RuntimeError):
-    """The custom call cannot be built or registered here; the message says why."""
-
-
-def library_path() -> Path:
+def library_path():
     """Where the compiled handler lives: one file per jaxlib version and source."""
-    import jaxlib
-
-    root = (
-        os.environ.get(FFI_DIR_ENV)
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnjax" / "ffi"
-    )
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    return Path(root) / f"jaxlib-{jaxlib.__version__}-{digest}" / "libcnnjax_materialize.so"
+    return LIBRARY.path()
 
 
-def _compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not cxx:
-        raise Unavailable("no C++ compiler found (set $CXX, or install g++)")
-    return cxx
+def build(force: bool = False):
+    """Compiles the handler if it is not there yet and returns its path."""
+    return LIBRARY.build(force)
 
 
-def build(force: bool = False) -> Path:
-    """Compiles the handler if it is not there yet and returns its path.
-
-    Concurrent builders (parallel sweep points, test workers) each compile into a temporary
-    file and rename it into place, so a reader never sees a partial library.
-    """
-    path = library_path()
-    if path.exists() and not force:
-        return path
-    cxx = _compiler()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    cmd = [cxx, "-O2", "-shared", "-fPIC", "-std=c++17", "-w",
-           f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise Unavailable(f"compiling {SOURCE.name} with {cxx} failed: {e}") from e
-    if proc.returncode != 0:
-        Path(tmp).unlink(missing_ok=True)
-        raise Unavailable(
-            f"compiling {SOURCE.name} failed ({' '.join(cmd)}):\n{proc.stderr.strip()[-2000:]}"
-        )
-    os.replace(tmp, path)
-    return path
-
-
-@functools.cache
-def _register() -> None:
-    """Builds (if needed), loads and registers the handler for the CPU platform, once."""
-    import ctypes
-
-    path = build()
-    try:
-        lib = ctypes.cdll.LoadLibrary(str(path))
-        handler = getattr(lib, _SYMBOL)
-    except (OSError, AttributeError) as e:
-        raise Unavailable(f"loading {path} failed: {e}") from e
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
-    _register.library = lib  # keep the library loaded for the life of the process
-
-
-@functools.cache
 def _status() -> tuple[bool, str]:
-    try:
-        _register()
-    except Unavailable as e:
-        return False, str(e)
-    return True, ""
+    return ffi_build.status(LIBRARY)
 
 
 def available() -> tuple[bool, str]:

@@ -39,7 +39,7 @@ flags.DEFINE_integer("image_size", 0, "Resolution; 0 = 32 for *_cifar, 224 other
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (both sides).")
 flags.DEFINE_string(
     "conv", "auto",
-    "cnnjax conv implementation (train.conv): auto | xla | patch. This and the next three "
+    "cnnjax conv implementation (train.conv): auto | onednn | xla | patch. This and the next three "
     "take a comma-separated list for one cnnjax row per combination, side by side.",
 )  # fmt: skip
 flags.DEFINE_string(
@@ -55,11 +55,25 @@ flags.DEFINE_string(
     "project's, cnnjax/runtime/xla_env.py), 'none' (no YNN fusions) or fusion types joined "
     "with '+' (e.g. reduce); a comma-separated list for one row each.",
 )  # fmt: skip
-flags.DEFINE_enum("batch_norm", "cnnjax", ["cnnjax", "flax"], "cnnjax BatchNorm implementation.")
+flags.DEFINE_string(
+    "malloc", "hugepages",
+    "The cnnjax rows' malloc: 'hugepages' (transparent huge pages, cnnjax/runtime/malloc.py, "
+    "the default) or 'glibc' (without; CNNJAX_NO_HUGEPAGES=1); e.g. hugepages,glibc.",
+)  # fmt: skip
+flags.DEFINE_string(
+    "batch_norm", "auto",
+    "cnnjax BatchNorm (train.batch_norm): auto | onednn | cnnjax | flax, e.g. onednn,cnnjax.",
+)  # fmt: skip
 flags.DEFINE_string("frameworks", ",".join(FRAMEWORKS), "Comma-separated subset to run.")
 flags.DEFINE_integer("steps", 5, "Timed steps per window (after 2 warm-up steps).")
 flags.DEFINE_integer("windows", 3, "Timed windows; the fastest is reported.")
 flags.DEFINE_boolean("pipeline", True, "Also time the grain input pipeline.")
+flags.DEFINE_integer("peak_n", 4096, "Size N of the peak matmul ([N, N] @ [N, N] float32).")
+flags.DEFINE_boolean(
+    "peak", True,
+    "First time a large float32 matmul (the machine's attainable peak, XLA's dot) and give "
+    "each model row its share of it (model flops per step: 2 x MACs x batch, x3 training).",
+)  # fmt: skip
 flags.DEFINE_boolean("json", False, "Print one JSON line per measurement instead of a table.")
 flags.DEFINE_string("worker", None, "Internal: run one measurement given as JSON.")
 
@@ -132,7 +146,7 @@ def compiled_step(job: dict):
     # The trainer's own model set-up: compute dtype, conv and BatchNorm implementations.
     train_cfg = ml_collections.ConfigDict(
         {"compute_dtype": job["dtype"], "conv": job.get("conv", "auto"),
-         "batch_norm": job.get("batch_norm", "cnnjax"),
+         "batch_norm": job.get("batch_norm", "auto"),
          "materialize": job.get("materialize", "auto"),
          "depthwise": job.get("depthwise", "auto")}
     )  # fmt: skip
@@ -282,9 +296,63 @@ def pipeline_source(name: str):
     return source, tasks.create("classification", info, image_size=32, augment=aug)
 
 
+def _matmul_peak(job: dict) -> dict:
+    """GFLOP/s of one large float32 matmul: the attainable peak here, the faster of XLA's dot
+    and (when installed) PyTorch's (MKL / oneDNN sgemm)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = job["image_size"]
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    box = {}
+
+    def go(k):
+        for _ in range(k):
+            box["c"] = dot(a, b)
+
+    xla = time_windows(go, lambda: box["c"].block_until_ready(), job["steps"], job["windows"])
+    rates = {"xla_gflop_per_s": 2 * n**3 / xla / 1e9}
+    try:
+        import numpy as np
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        ta, tb = torch.from_numpy(np.asarray(a)), torch.from_numpy(np.asarray(b))
+        sec = time_windows(lambda k: [torch.mm(ta, tb) for _ in range(k)], lambda: None,
+                           job["steps"], job["windows"])  # fmt: skip
+        rates["torch_gflop_per_s"] = 2 * n**3 / sec / 1e9
+    best = max(rates.values())
+    return {"step_ms": 2 * n**3 / best / 1e6, "compile_s": 0.0,
+            "device": jax.devices()[0].device_kind, "gflop_per_s": best, **rates}  # fmt: skip
+
+
+def model_gflop(job: dict) -> float | None:
+    """Arithmetic of one step (GFLOP): 2 x MACs per example x batch, x3 when training (the
+    forward pass and its two gradients); None for a model the counter does not cover."""
+    from cnnjax.analysis.arithmetic import analyze
+
+    try:
+        s = job["image_size"]
+        macs = analyze(job["model"], (s, s, 3), num_classes=_num_classes(job["model"])).macs
+    except Exception:  # noqa: BLE001 (a sequence model: no per-layer count, no share)
+        return None
+    return 2 * macs * job["batch"] * (3 if job["mode"] == "train" else 1) / 1e9
+
+
 def run_worker(job: dict) -> dict:
+    if job["framework"] == "matmul":
+        return {**{k: job[k] for k in ("model", "framework", "mode", "batch", "image_size",
+                                       "dtype")}, **_matmul_peak(job), "img_per_s": 0.0,
+                "peak_rss_mb": _peak_rss_mb()}  # fmt: skip
     fn = {"cnnjax": _cnnjax, "grain": _pipeline}.get(job["framework"], _torch)
     result = fn(job)
+    if job["framework"] != "grain":
+        gflop = model_gflop(job)
+        if gflop is not None:
+            result["gflop_per_s"] = gflop / (result["step_ms"] / 1e3)
     extra = {k: job[k] for k in VARIANT_KEYS if k in job and job["framework"] == "cnnjax"}
     return {
         **{k: job[k] for k in ("model", "framework", "mode", "batch", "image_size", "dtype")},
@@ -296,21 +364,24 @@ def run_worker(job: dict) -> dict:
 
 
 # The cnnjax settings a bench run can sweep (one row per combination), with their defaults.
-VARIANT_KEYS = ("conv", "materialize", "depthwise", "ynn")
-VARIANT_DEFAULTS = {"conv": "auto", "materialize": "auto", "depthwise": "auto", "ynn": "default"}
+VARIANT_KEYS = ("conv", "materialize", "depthwise", "ynn", "batch_norm", "malloc")
+VARIANT_DEFAULTS = {"conv": "auto", "materialize": "auto", "depthwise": "auto", "ynn": "default",
+                    "batch_norm": "auto", "malloc": "hugepages"}  # fmt: skip
+# malloc with transparent huge pages (cnnjax/runtime/malloc.py, the default) or glibc's plain
+MALLOC_CHOICES = ("hugepages", "glibc")
 
 
 def jobs(models, modes, frameworks, batch, image_size, dtype, conv, steps, windows, pipeline,
-         batch_norm="cnnjax", materialize=("auto",), depthwise=("auto",),
-         ynn=("default",)):  # fmt: skip
-    """The measurements to run, in order. `conv`, `materialize`, `depthwise` and `ynn` are
-    each a value or a tuple of values; the cnnjax rows are their product."""
+         batch_norm=("auto",), materialize=("auto",), depthwise=("auto",),
+         ynn=("default",), malloc=("hugepages",)):  # fmt: skip
+    """The measurements to run, in order. `conv`, `materialize`, `depthwise`, `ynn` and
+    `batch_norm` are each a value or a tuple of values; the cnnjax rows are their product."""
     import itertools
 
-    grid = [(v,) if isinstance(v, str) else tuple(v) for v in (conv, materialize, depthwise, ynn)]
+    grid = [(v,) if isinstance(v, str) else tuple(v)
+            for v in (conv, materialize, depthwise, ynn, batch_norm, malloc)]  # fmt: skip
     out = []
-    base = {"batch": batch, "dtype": dtype, "steps": steps, "windows": windows,
-            "batch_norm": batch_norm}  # fmt: skip
+    base = {"batch": batch, "dtype": dtype, "steps": steps, "windows": windows}
     for m in models:
         size = _image_size(m, image_size)
         for mode in modes:
@@ -330,8 +401,17 @@ def jobs(models, modes, frameworks, batch, image_size, dtype, conv, steps, windo
 
 def _job_env(job: dict) -> dict:
     """The worker's environment: the job's YNN fusion setting in XLA_FLAGS (a user's own
-    setting of that flag is replaced for the row that asks for another)."""
+    setting of that flag is replaced for the row that asks for another) and its malloc
+    ('hugepages': cnnjax/runtime/malloc.py's tunable; 'glibc': without it)."""
+    from cnnjax.runtime import malloc
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if job.get("malloc", "hugepages") == "glibc":
+        env[malloc.DISABLE_ENV] = "1"
+        tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t != malloc.TUNABLE]
+        env["GLIBC_TUNABLES"] = ":".join(tunables)
+    else:
+        env = malloc.hugepage_env(env)
     ynn = job.get("ynn", "default")
     if ynn == "default":
         return env
@@ -361,6 +441,11 @@ def measure(job: dict, timeout: int = 3600) -> dict:
 def format_row(r: dict) -> str:
     if "error" in r:
         return f"{r['model']:<16} {r['framework']:<20} {r['mode']:<8} error: {r['error']}"
+    if r["framework"] == "matmul":
+        each = ", ".join(f"{k.split('_')[0]} {v:.1f}" for k, v in r.items()
+                         if k.endswith("_gflop_per_s"))  # fmt: skip
+        n = r["image_size"]
+        return f"fp32 peak: {n}x{n} matmul {r['gflop_per_s']:.1f} GFLOP/s ({each})"
     shown = [
         f"{k}={r[k]}" for k in VARIANT_KEYS if r.get(k, VARIANT_DEFAULTS[k]) != VARIANT_DEFAULTS[k]
     ]
@@ -369,6 +454,7 @@ def format_row(r: dict) -> str:
         f"{r['model']:<16} {fw:<20} {r['mode']:<8} {r['batch']:>5} "
         f"{r['image_size']:>4}px {r['img_per_s']:>9.1f} img/s {r['step_ms']:>9.1f} ms "
         f"compile {r['compile_s']:>6.1f}s rss {r['peak_rss_mb']:>7.0f} MB"
+        + (f" {r['of_peak']:>6.1%} of peak" if "of_peak" in r else "")
     )
 
 
@@ -423,11 +509,13 @@ def main(argv):
         sys.exit(EXIT_BAD_INPUT)
     modes = MODES if FLAGS.mode == "both" else (FLAGS.mode,)
     from cnnjax.models.patch_conv import DEPTHWISE_CHOICES
-    from cnnjax.models.rewrite import CONV_CHOICES, MATERIALIZE_CHOICES
+    from cnnjax.models.rewrite import BATCH_NORM_CHOICES, CONV_CHOICES, MATERIALIZE_CHOICES
 
     variants = {}
-    for key, choices in (("conv", CONV_CHOICES), ("materialize", MATERIALIZE_CHOICES),
-                         ("depthwise", DEPTHWISE_CHOICES), ("ynn", None)):  # fmt: skip
+    choices_of = (("conv", CONV_CHOICES), ("materialize", MATERIALIZE_CHOICES),
+                  ("depthwise", DEPTHWISE_CHOICES), ("ynn", None),
+                  ("batch_norm", BATCH_NORM_CHOICES), ("malloc", MALLOC_CHOICES))  # fmt: skip
+    for key, choices in choices_of:
         text = getattr(FLAGS, key)
         values = tuple(v for v in text.split(",") if v)
         bad = [v for v in values if choices is not None and v not in choices]
@@ -441,12 +529,30 @@ def main(argv):
         variants[key] = values
     if not FLAGS.json:
         print(f"load average before: {os.getloadavg()}", flush=True)
+    peak = None
+    if FLAGS.peak:
+        row = measure(
+            {
+                "model": "matmul",
+                "framework": "matmul",
+                "mode": "peak",
+                "batch": 0,
+                "image_size": FLAGS.peak_n,
+                "dtype": "float32",
+                "steps": 3,
+                "windows": 3,
+            }
+        )
+        peak = row.get("gflop_per_s")
+        print(json.dumps(row) if FLAGS.json else format_row(row), flush=True)
     for job in jobs(models, modes, frameworks, FLAGS.batch, FLAGS.image_size, FLAGS.dtype,
                     variants["conv"], FLAGS.steps, FLAGS.windows, FLAGS.pipeline,
-                    FLAGS.batch_norm, variants["materialize"], variants["depthwise"],
-                    variants["ynn"]):  # fmt: skip
+                    variants["batch_norm"], variants["materialize"], variants["depthwise"],
+                    variants["ynn"], variants["malloc"]):  # fmt: skip
         row = measure(job)
         row["load_avg_1m"] = os.getloadavg()[0]
+        if peak and row.get("gflop_per_s"):
+            row["of_peak"] = row["gflop_per_s"] / peak
         print(json.dumps(row) if FLAGS.json else format_row(row), flush=True)
 
 
