@@ -126,7 +126,7 @@ def main():
     p.add_argument("--image_size", type=int, default=0)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch_norm", default="auto", choices=["auto", "onednn", "cnnjax", "flax"])
-    p.add_argument("--conv", default="auto", choices=["auto", "onednn", "xla", "patch"])
+    p.add_argument("--conv", default="auto", choices=["auto", "onednn", "xla"])
     p.add_argument("--materialize", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--depthwise", default="auto", choices=["auto", "shifted", "xla"])
     p.add_argument("--timed", type=int, default=20, help="Steps timed before the trace.")

@@ -218,10 +218,10 @@ def test_trainer_speed_rewrites_apply():
     from cnnjax.models.patch_conv import conv_for_backend
 
     base = models.create("autoencoder", out_channels=1, widths=(8, 16), latent_dim=8)
-    cfg = SimpleNamespace(compute_dtype="bfloat16", conv="patch", batch_norm="cnnjax")
+    cfg = SimpleNamespace(compute_dtype="bfloat16", conv="xla", batch_norm="cnnjax")
     model = rewrite.apply_to_model(base, cfg)
-    patch = conv_for_backend("patch", materialize=rewrite.resolve_materialize("auto"))
-    assert model.dtype == jnp.bfloat16 and model.conv is patch
+    conv = conv_for_backend("xla", materialize=rewrite.resolve_materialize("auto"))
+    assert model.dtype == jnp.bfloat16 and model.conv is conv
     assert model.norm is rewrite.BATCH_NORMS["cnnjax"]
     x = _images((2, 16, 16, 1))
     variables = base.init(jax.random.key(0), x)

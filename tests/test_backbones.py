@@ -381,11 +381,11 @@ def _train_cfg(**overrides):
 
 def test_speed_rewrites_reach_a_nested_backbone():
     model = Composite(backbone=models.create("resnet18", num_classes=0))
-    cfg = _train_cfg(compute_dtype="bfloat16", conv="patch", batch_norm="cnnjax")
+    cfg = _train_cfg(compute_dtype="bfloat16", conv="xla", batch_norm="cnnjax")
     fast = rewrite.apply_to_model(model, cfg)
     assert fast.dtype == fast.backbone.dtype == jnp.bfloat16
-    patch = conv_for_backend("patch", materialize=rewrite.resolve_materialize("auto"))
-    assert fast.conv is patch and fast.backbone.conv is patch
+    conv = conv_for_backend("xla", materialize=rewrite.resolve_materialize("auto"))
+    assert fast.conv is conv and fast.backbone.conv is conv
     assert fast.backbone.norm is BatchNorm
     assert model.backbone.dtype == jnp.float32 and model.backbone.norm is nn.BatchNorm  # a copy
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))

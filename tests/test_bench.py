@@ -100,13 +100,13 @@ def test_cnnjax_rows_are_the_product_of_the_swept_settings_and_ynn_reaches_xla_f
     from cnnjax.tools import bench
 
     rows = bench.jobs(["mobilenet_v2"], ["train"], ["cnnjax", "torch_eager"], 4, 0, "float32",
-                      ("patch", "xla"), 1, 1, False, materialize=("on",),
+                      ("onednn", "xla"), 1, 1, False, materialize=("on",),
                       depthwise=("shifted", "xla"), ynn=("default", "reduce"))  # fmt: skip
     cnnjax_rows = [r for r in rows if r["framework"] == "cnnjax"]
     assert len(cnnjax_rows) == 8 and len(rows) == 9
     assert {(r["conv"], r["depthwise"], r["ynn"]) for r in cnnjax_rows} == {
         (c, d, y)
-        for c in ("patch", "xla")
+        for c in ("onednn", "xla")
         for d in ("shifted", "xla")
         for y in ("default", "reduce")
     }
@@ -119,13 +119,13 @@ def test_cnnjax_rows_are_the_product_of_the_swept_settings_and_ynn_reaches_xla_f
     assert bench._job_env({"ynn": "default"}).get("XLA_FLAGS") == os.environ.get("XLA_FLAGS")
     shown = bench.format_row({**cnnjax_rows[1], "img_per_s": 1.0, "step_ms": 1.0,
                               "compile_s": 1.0, "peak_rss_mb": 1.0})  # fmt: skip
-    assert "cnnjax[conv=patch,materialize=on,depthwise=shifted,ynn=reduce]" in shown
+    assert "cnnjax[conv=onednn,materialize=on,depthwise=shifted,ynn=reduce]" in shown
 
 
 @pytest.mark.parametrize(
     "arg,allowed",
     [("--depthwise=fast", "'auto', 'shifted', 'xla'"), ("--ynn=Reduce!", "'default', 'none'"),
-     ("--conv=winograd", "'auto', 'xla', 'patch'")],
+     ("--conv=winograd", "'auto', 'xla', 'onednn'")],
 )  # fmt: skip
 def test_bench_bad_variant_values_exit_2(arg, allowed):
     proc = run_cli("cnnjax.tools.bench", "--models=resnet20_cifar", arg)

@@ -135,7 +135,7 @@ def test_decoder_unpools_with_the_encoders_switches(small_64):
 
 def test_speed_rewrites_keep_the_parameter_tree():
     cfg = ml_collections.ConfigDict(
-        {"compute_dtype": "bfloat16", "conv": "patch", "batch_norm": "cnnjax"}
+        {"compute_dtype": "bfloat16", "conv": "xla", "batch_norm": "cnnjax"}
     )
     model = models.create("deconvnet", **SMALL)
     fast = apply_to_model(model, cfg)

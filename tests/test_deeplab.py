@@ -5,8 +5,6 @@ step reaching every parameter, speed rewrites reaching the backbone, configurati
 Structure tests trace abstractly (jax.eval_shape); forwards compile with XLA's O0 backend.
 """
 
-import inspect
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,10 +13,11 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
+from jax import lax
 
 from cnnjax import convert, models
 from cnnjax.errors import ConfigError
-from cnnjax.models import patch_conv, rewrite
+from cnnjax.models import rewrite
 from cnnjax.models.batch_norm import BatchNorm
 from cnnjax.models.segmentation.deeplab import aspp_rates
 
@@ -167,7 +166,7 @@ def test_one_train_step_reaches_every_parameter():
 def test_speed_rewrites_reach_the_backbone():
     model = models.create("deeplabv3", backbone="resnet18", num_classes=3)
     cfg = ml_collections.ConfigDict(
-        {"compute_dtype": "bfloat16", "conv": "patch", "batch_norm": "cnnjax"}
+        {"compute_dtype": "bfloat16", "conv": "xla", "batch_norm": "cnnjax"}
     )
     fast = rewrite.apply_to_model(model, cfg)
     assert fast.dtype == jnp.bfloat16 and fast.norm is BatchNorm
@@ -181,10 +180,10 @@ def test_speed_rewrites_reach_the_backbone():
         m = context.module
         if isinstance(m, nn.Conv | nn.BatchNorm | BatchNorm):
             fn = getattr(m, "conv_general_dilated", None)
-            # behind the recompute barrier and the depthwise dispatch (each functools.wraps)
-            fn = inspect.unwrap(fn) if fn is not None else None
-            patch = fn is patch_conv.conv_general_dilated
-            kinds["/".join(m.scope.path)] = (type(m), patch, m.dtype)
+            # the rewrite swapped XLA's plain convolution for its CPU variant (the recompute
+            # barrier and the depthwise dispatch around it)
+            swapped = fn is not None and fn is not lax.conv_general_dilated
+            kinds["/".join(m.scope.path)] = (type(m), swapped, m.dtype)
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):

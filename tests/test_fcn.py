@@ -325,12 +325,12 @@ def test_from_classifier_rejects_other_configurations():
 @pytest.mark.parametrize("backbone", ["vgg11", "resnet18"])
 def test_speed_rewrites_reach_the_backbone(backbone):
     cfg = ml_collections.ConfigDict(
-        {"compute_dtype": "bfloat16", "conv": "patch", "batch_norm": "cnnjax"}
+        {"compute_dtype": "bfloat16", "conv": "xla", "batch_norm": "cnnjax"}
     )
     model = models.create("fcn8s", num_classes=11, backbone=backbone, fc_width=64)
     fast = apply_to_model(model, cfg)
-    patch = conv_for_backend("patch", materialize=resolve_materialize("auto"))
-    assert fast.conv is patch and fast.dtype == jnp.bfloat16
+    conv = conv_for_backend("xla", materialize=resolve_materialize("auto"))
+    assert fast.conv is conv and fast.dtype == jnp.bfloat16
     (logits, feats), variables = _abstract(model, (1, 64, 64, 3))
     (fast_logits, fast_feats), fast_variables = _abstract(fast, (1, 64, 64, 3))
     assert _shapes(fast_variables) == _shapes(variables)
@@ -341,7 +341,7 @@ def test_speed_rewrites_reach_the_backbone(backbone):
         str(jax.make_jaxpr(m.apply)(variables, x)).count("conv_general_dilated")
         for m in (model, fast)
     ]
-    assert convs[1] < convs[0]  # PatchConv turned the backbone's wide convolutions into matmuls
+    assert convs[1] == convs[0] > 0  # the same convolutions, in bfloat16 in the backbone
 
 
 def test_one_train_step_reaches_every_parameter(fcn8s_64):

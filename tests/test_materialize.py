@@ -19,6 +19,7 @@ from cnnjax import models
 from cnnjax.analysis.hlo import recomputed_in_conv_layouts
 from cnnjax.errors import ConfigError
 from cnnjax.models import patch_conv, rewrite
+from cnnjax.ops import onednn
 from cnnjax.runtime import materialize as M
 
 # Tests of the barrier itself need the handler built; on a machine without a C++ compiler
@@ -155,13 +156,15 @@ def test_the_recompute_is_gone_from_the_weight_gradient_transposes():
 
 
 @needs_barrier
-def test_the_patch_conv_gets_the_barrier_too_and_keeps_its_parameters():
+def test_the_oneDNN_conv_gets_the_barrier_when_asked_and_keeps_its_parameters():
+    if not onednn.available()[0]:
+        pytest.skip(f"oneDNN unavailable here: {onednn.available()[1]}")
     plain = rewrite.apply_to_model(models.create("resnet18", num_classes=10),
-                                   _cfg(materialize="off", conv="patch"))  # fmt: skip
+                                   _cfg(materialize="off", conv="onednn"))  # fmt: skip
     fast = rewrite.apply_to_model(models.create("resnet18", num_classes=10),
-                                  _cfg(materialize="on", conv="patch"))  # fmt: skip
-    assert fast.conv is patch_conv.MATERIALIZED_CONVS["patch"]
-    assert plain.conv is patch_conv.CONVS["patch"]
+                                  _cfg(materialize="on", conv="onednn"))  # fmt: skip
+    assert fast.conv is patch_conv.MATERIALIZED_CONVS["onednn"]
+    assert plain.conv is patch_conv.CONVS["onednn"]
     x = jnp.ones((1, 32, 32, 3))
     v = plain.init(jax.random.key(0), x, train=False)
     assert jax.tree.map(jnp.shape, v) == jax.tree.map(
@@ -171,8 +174,8 @@ def test_the_patch_conv_gets_the_barrier_too_and_keeps_its_parameters():
         fast.apply(v, x, train=False)[0], plain.apply(v, x, train=False)[0], rtol=1e-5, atol=1e-5
     )
     # a model already rewritten is recognised (rewriting twice keeps the barrier's conv)
-    again = rewrite.apply_to_model(fast, _cfg(materialize="on", conv="patch"))
-    assert again.conv is patch_conv.MATERIALIZED_CONVS["patch"]
+    again = rewrite.apply_to_model(fast, _cfg(materialize="on", conv="onednn"))
+    assert again.conv is patch_conv.MATERIALIZED_CONVS["onednn"]
 
 
 @needs_barrier

@@ -15,9 +15,8 @@ from cnnjax.config.validate import check_speed, check_values
 from cnnjax.engine.state import create_state
 from cnnjax.errors import ConfigError
 from cnnjax.logs.writers import read_metrics
-from cnnjax.models import patch_conv, rewrite
-from cnnjax.models.patch_conv import PatchConv, conv_for_backend
-from cnnjax.models.patch_conv import _patches as patches
+from cnnjax.models import rewrite
+from cnnjax.models.patch_conv import conv_for_backend
 from cnnjax.ops import onednn
 from tests.conftest import classification_step, image_inputs, load_config, run_cli
 
@@ -141,57 +140,12 @@ def test_ema_follows_the_documented_update_and_is_kept_for_bn_stats():
     assert off.ema_params == {} and off.ema_batch_stats == {}
 
 
-@pytest.mark.parametrize(
-    "kernel,strides,padding,dilation",
-    [(3, 1, ((1, 1), (1, 1)), 1), (3, 2, ((1, 1), (1, 1)), 1), (1, 2, "VALID", 1),
-     (7, 2, "SAME", 1), (2, 2, "VALID", 1), (3, 1, ((2, 2), (2, 2)), 2), (3, 1, "SAME", 3),
-     (3, 2, ((0, 1), (2, 1)), 2)],
-)  # fmt: skip
-def test_patch_conv_matches_nn_conv_with_the_same_parameters(
-    kernel, strides, padding, dilation, monkeypatch
-):
-    # im2col for every width here (it is used from MIN_CHANNELS input channels up)
-    monkeypatch.setattr(patch_conv, "MIN_CHANNELS", 1)
-    calls = []
-    monkeypatch.setattr(patch_conv, "_patches", lambda *a: calls.append(a) or patches(*a))
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 11, 11, 5)), jnp.float32)
-    kw = {"padding": padding, "use_bias": True, "kernel_dilation": (dilation, dilation)}
-    ref = nn.Conv(6, (kernel, kernel), (strides, strides), **kw)
-    fast = PatchConv(6, (kernel, kernel), (strides, strides), **kw)
-    variables = ref.init(jax.random.key(0), x)
-    assert jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x)) == jax.tree.map(
-        jnp.shape, variables
-    )
-    np.testing.assert_allclose(fast.apply(variables, x), ref.apply(variables, x), atol=1e-5)
-    loss = lambda m: lambda v: (m.apply(v, x) ** 2).sum()
-    grads = jax.grad(loss(fast))(variables), jax.grad(loss(ref))(variables)
-    for a, b in zip(*map(jax.tree.leaves, grads), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    assert calls or kernel == 1  # im2col was used (1x1 convolutions are a plain einsum)
-
-
-def test_patch_conv_resnet_matches_xla_conv_resnet():
-    base = models.create("resnet20_cifar", num_classes=10)
-    variables = base.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-    x = _batch(n=2)["image"]
-    ref, _ = base.apply(variables, x)
-    got, _ = base.clone(conv=PatchConv).apply(variables, x)
-    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
-    # Grouped (depthwise) convolutions fall back to XLA's own.
-    x4 = jnp.concatenate([x, x[..., :1]], axis=-1)
-    dw = PatchConv(4, (3, 3), feature_group_count=4)
-    v = dw.init(jax.random.key(0), x4)
-    want = nn.Conv(4, (3, 3), feature_group_count=4).apply(v, x4)
-    np.testing.assert_allclose(dw.apply(v, x4), want, atol=1e-5)
-
-
 def test_conv_choice_by_backend_and_bad_values():
     # im2col is an option, no longer the CPU default (BENCHMARKS.md, "CPU: im2col re-decided");
     # on one CPU device the default is oneDNN's convolution where it builds (test_onednn.py)
     auto = conv_for_backend("auto", "cpu", depthwise="xla")
     onednn_here = onednn.available()[0] and jax.device_count() == 1
     assert auto.keywords["conv_general_dilated"].onednn if onednn_here else auto is nn.Conv
-    assert conv_for_backend("patch", "cpu", depthwise="xla") is PatchConv
     assert conv_for_backend("auto", "gpu") is nn.Conv  # depthwise 'auto' is XLA's off the CPU
     assert conv_for_backend("xla", "cpu", depthwise="xla") is nn.Conv
     # on the CPU, 'auto' computes depthwise convolutions as shifted multiplies

@@ -2,8 +2,6 @@
 set), the paper's Figure 1 map sizes with unpadded convolutions, crop-and-copy alignment,
 shapes, a train step reaching every parameter, speed rewrites, configuration errors."""
 
-import inspect
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,10 +10,11 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
+from jax import lax
 
 from cnnjax import models
 from cnnjax.errors import ConfigError
-from cnnjax.models import patch_conv, rewrite
+from cnnjax.models import rewrite
 from cnnjax.models.batch_norm import BatchNorm
 from cnnjax.models.segmentation.unet import center_crop, overlap_tile_pads, valid_sizes
 
@@ -168,7 +167,7 @@ def test_one_train_step_reaches_every_parameter(kwargs):
 def test_speed_rewrites_reach_every_layer():
     model = models.create("unet", num_classes=3, width=4)
     cfg = ml_collections.ConfigDict(
-        {"compute_dtype": "bfloat16", "conv": "patch", "batch_norm": "cnnjax"}
+        {"compute_dtype": "bfloat16", "conv": "xla", "batch_norm": "cnnjax"}
     )
     fast = rewrite.apply_to_model(model, cfg)
     shape = (1, 64, 64, 3)
@@ -181,10 +180,10 @@ def test_speed_rewrites_reach_every_layer():
         m = context.module
         if isinstance(m, nn.Conv | nn.BatchNorm | BatchNorm):
             fn = getattr(m, "conv_general_dilated", None)
-            # behind the recompute barrier and the depthwise dispatch (each functools.wraps)
-            fn = inspect.unwrap(fn) if fn is not None else None
-            patch = fn is patch_conv.conv_general_dilated
-            kinds["/".join(m.scope.path)] = (type(m), patch, m.dtype)
+            # the rewrite swapped XLA's plain convolution for its CPU variant (the recompute
+            # barrier and the depthwise dispatch around it)
+            swapped = fn is not None and fn is not lax.conv_general_dilated
+            kinds["/".join(m.scope.path)] = (type(m), swapped, m.dtype)
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):

@@ -15,8 +15,8 @@ to metrics.jsonl and TensorBoard:
                       the whole batch ("dead ReLUs"; for a BatchNorm it is the
                       pre-activation, for a final Dense the logits).
 
-Layers are the leaf modules that hold parameters or normalise: Conv (and the im2col
-PatchConv), ConvTranspose, Dense, BatchNorm (flax's and cnnjax's), LayerNorm, GroupNorm,
+Layers are the leaf modules that hold parameters or normalise: Conv (and its oneDNN /
+barrier variants), ConvTranspose, Dense, BatchNorm (flax's and cnnjax's), LayerNorm, GroupNorm,
 named by their module path ('stage1/block0/conv1'); a module called more than once (a
 shared layer, a recurrent cell over time steps) reports its last call's output. Costs one
 extra forward and backward pass every N steps (compiled on first use).

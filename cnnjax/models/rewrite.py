@@ -93,7 +93,7 @@ def apply_to_model(model, train_cfg, backend: str | None = None):
     """model -> a clone computing in train.compute_dtype with the chosen convolution.
 
     The conv is swapped only on models with a `conv` field (behind the recompute barrier when
-    train.materialize resolves on) (PatchConv has nn.Conv's exact
+    train.materialize resolves on) (every variant has nn.Conv's exact
     parameters, so nothing else changes), a stock BatchNorm `norm` for train.batch_norm's
     (same variables); a model without `dtype` cannot run in bfloat16. Fields holding unbound
     Modules (or tuples/lists of them), e.g. a composite's `backbone`, are rewritten the same
@@ -144,6 +144,6 @@ def _rewrite(model, train_cfg, backend, path, materialize=False, forced=False):
 
 
 def _uses_flax_conv(conv) -> bool:
-    """Only the stock nn.Conv (or PatchConv) is replaced; a custom conv a model was given is
-    kept as it is."""
+    """Only the stock nn.Conv (or one of its variants) is replaced; a custom conv a model was
+    given is kept as it is."""
     return is_conv_module(conv)

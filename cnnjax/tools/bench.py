@@ -39,7 +39,7 @@ flags.DEFINE_integer("image_size", 0, "Resolution; 0 = 32 for *_cifar, 224 other
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (both sides).")
 flags.DEFINE_string(
     "conv", "auto",
-    "cnnjax conv implementation (train.conv): auto | onednn | xla | patch. This and the next three "
+    "cnnjax conv implementation (train.conv): auto | onednn | xla. This and the next three "
     "take a comma-separated list for one cnnjax row per combination, side by side.",
 )  # fmt: skip
 flags.DEFINE_string(

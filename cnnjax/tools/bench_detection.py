@@ -30,7 +30,9 @@ CLASSES = 10
 
 
 def random_batch(batch: int, size: int, max_boxes: int = 4, seed: int = 0) -> dict:
-    """Images [B, S, S, 3] float32 and 1..max_boxes boxes per image (normalised yxyx)."""
+    """Images [B, S, S, 3] uint8 (what cnnjax's input pipeline batches; its device stage
+    normalises them, PyTorch gets them as floats in [0, 1]) and 1..max_boxes boxes per image
+    (normalised yxyx)."""
     rng = np.random.default_rng(seed)
     boxes = np.zeros((batch, max_boxes, 4), np.float32)
     valid = np.zeros((batch, max_boxes), np.float32)
@@ -41,7 +43,7 @@ def random_batch(batch: int, size: int, max_boxes: int = 4, seed: int = 0) -> di
         boxes[i, :n] = np.concatenate([lo, lo + side], 1)
         valid[i, :n] = 1
     return {
-        "image": rng.standard_normal((batch, size, size, 3)).astype(np.float32),
+        "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
         "boxes": boxes,
         "box_classes": rng.integers(0, CLASSES, (batch, max_boxes)).astype(np.int32),
         "box_valid": valid,
@@ -120,7 +122,8 @@ def _torch(batch: dict, size: int, steps: int, windows: int) -> dict:
     import torch
 
     model = _torchvision_model(size)
-    images = [torch.from_numpy(im.transpose(2, 0, 1).copy()) for im in batch["image"]]
+    images = [torch.from_numpy(im.transpose(2, 0, 1).astype(np.float32) / 255.0)
+              for im in batch["image"]]  # fmt: skip
     targets = []
     for b, c, v in zip(batch["boxes"], batch["box_classes"], batch["box_valid"], strict=True):
         keep = v > 0
