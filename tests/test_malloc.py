@@ -73,3 +73,19 @@ def test_a_tool_started_without_it_runs_with_it():
     )  # fmt: skip
     assert tool.returncode == 0, tool.stderr[-2000:]
     assert tool.stdout.strip() == malloc.TUNABLE
+
+
+def test_runtime_info_says_what_this_machine_has():
+    """`python -m cnnjax.runtime.info`: the XLA flags, the malloc tunables and whether each
+    custom call is available (or why not)."""
+    from cnnjax.ops import onednn
+
+    out = subprocess.run([sys.executable, "-m", "cnnjax.runtime.info"], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    keys = ("XLA_FLAGS", "GLIBC_TUNABLES", "oneDNN", "barrier")
+    lines = dict(ln.split(None, 1) for ln in out.stdout.splitlines() if ln.startswith(keys))
+    assert set(lines) == set(keys)
+    assert "huge pages for malloc: " in lines["GLIBC_TUNABLES"]
+    ok, why = onednn.available()  # a reason may run over several lines (a compiler's error)
+    assert lines["oneDNN"] == ("available" if ok else f"unavailable: {why.splitlines()[0]}")

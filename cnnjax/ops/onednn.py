@@ -242,28 +242,29 @@ def batch_norm_train(x, scale, bias, epsilon: float):
     return _bn_forward(x, scale, bias, epsilon)[0]
 
 
-def _bn_forward(x, scale, bias, epsilon):
+def _bn_call(target: str, x, *args, epsilon: float):
+    """One of the BatchNorm custom calls: -> (an array shaped like x, two [C] vectors)."""
     ok, why = available()
     if not ok:
         raise ffi_build.Unavailable(why)
-    c = x.shape[-1]
-    vec = jax.ShapeDtypeStruct((c,), jnp.float32)
+    vec = jax.ShapeDtypeStruct((x.shape[-1],), jnp.float32)
     out = (jax.ShapeDtypeStruct(x.shape, jnp.float32), vec, vec)
-    y, mean, var = jax.ffi.ffi_call(BN_FORWARD, out, vmap_method="sequential")(
-        x, scale.astype(jnp.float32), bias.astype(jnp.float32), eps=np.float32(epsilon)
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
+        x, *args, eps=np.float32(epsilon)
     )
+
+
+def _bn_forward(x, scale, bias, epsilon):
+    f32 = lambda v: v.astype(jnp.float32)
+    y, mean, var = _bn_call(BN_FORWARD, x, f32(scale), f32(bias), epsilon=epsilon)
     return (y, mean, var), (x, mean, var, scale)
 
 
 def _bn_backward(epsilon, residuals, cotangents):
     x, mean, var, scale = residuals
     dy = cotangents[0].astype(jnp.float32)  # mean / variance: running statistics only
-    c = x.shape[-1]
-    vec = jax.ShapeDtypeStruct((c,), jnp.float32)
-    out = (jax.ShapeDtypeStruct(x.shape, jnp.float32), vec, vec)
-    dx, dscale, dbias = jax.ffi.ffi_call(BN_BACKWARD, out, vmap_method="sequential")(
-        x, dy, mean, var, scale.astype(jnp.float32), eps=np.float32(epsilon)
-    )
+    dx, dscale, dbias = _bn_call(BN_BACKWARD, x, dy, mean, var, scale.astype(jnp.float32),
+                                 epsilon=epsilon)  # fmt: skip
     return dx, dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
 

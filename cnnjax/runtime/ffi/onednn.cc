@@ -16,11 +16,13 @@
 // and cached; they run with a scratchpad of this call's own, so XLA may run several at once.
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -309,32 +311,41 @@ ffi::Error bn_geometry(ffi::Span<const int64_t> x, float eps, BnGeometry* g) {
   return ffi::Error::Success();
 }
 
+// Runs the cached forward or backward primitive on the given buffers: `data` args are
+// [N, H, W, C] arrays, `vecs` per-channel [C] ones.
+ffi::Error run_bn(bool backward, const BnGeometry& g,
+                  std::initializer_list<std::pair<int, void*>> data,
+                  std::initializer_list<std::pair<int, void*>> vecs) {
+  try {
+    const BnPlan& plan = bn_plan_for(backward, g);
+    dnnl::engine& eng = engine();
+    thread_local dnnl::stream stream(eng);
+    thread_local Scratch scratch_buffer;
+    std::unordered_map<int, dnnl::memory> args;
+    for (auto [arg, ptr] : data) args.emplace(arg, dnnl::memory(g.data(), eng, ptr));
+    for (auto [arg, ptr] : vecs) args.emplace(arg, dnnl::memory(g.vec(), eng, ptr));
+    args.emplace(DNNL_ARG_SCRATCHPAD,
+                 dnnl::memory(plan.scratch, eng, scratch_buffer.get(plan.scratch.get_size())));
+    plan.bn.execute(stream, args);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN batch norm ") +
+                                                     g.key(backward ? "bwd" : "fwd") + ": " +
+                                                     e.what());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error BnForward(F32 x, F32 scale, F32 shift, ffi::Result<F32> y, ffi::Result<F32> mean,
                      ffi::Result<F32> var, float eps) {
   BnGeometry g;
   auto err = bn_geometry(x.dimensions(), eps, &g);
   if (!err.success()) return err;
-  try {
-    const BnPlan& plan = bn_plan_for(false, g);
-    dnnl::engine& eng = engine();
-    thread_local dnnl::stream stream(eng);
-    thread_local Scratch scratch_buffer;
-    auto d = g.data();
-    auto v = g.vec();
-    dnnl::memory scratch(plan.scratch, eng, scratch_buffer.get(plan.scratch.get_size()));
-    plan.bn.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(d, eng, x.typed_data())},
-                             {DNNL_ARG_DST, dnnl::memory(d, eng, y->typed_data())},
-                             {DNNL_ARG_SCALE, dnnl::memory(v, eng, scale.typed_data())},
-                             {DNNL_ARG_SHIFT, dnnl::memory(v, eng, shift.typed_data())},
-                             {DNNL_ARG_MEAN, dnnl::memory(v, eng, mean->typed_data())},
-                             {DNNL_ARG_VARIANCE, dnnl::memory(v, eng, var->typed_data())},
-                             {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal,
-                      std::string("oneDNN batch norm ") + g.key("fwd") + ": " + e.what());
-  }
-  return ffi::Error::Success();
+  return run_bn(false, g, {{DNNL_ARG_SRC, x.typed_data()}, {DNNL_ARG_DST, y->typed_data()}},
+                {{DNNL_ARG_SCALE, scale.typed_data()},
+                 {DNNL_ARG_SHIFT, shift.typed_data()},
+                 {DNNL_ARG_MEAN, mean->typed_data()},
+                 {DNNL_ARG_VARIANCE, var->typed_data()}});
 }
 
 ffi::Error BnBackward(F32 x, F32 dy, F32 mean, F32 var, F32 scale, ffi::Result<F32> dx,
@@ -342,29 +353,15 @@ ffi::Error BnBackward(F32 x, F32 dy, F32 mean, F32 var, F32 scale, ffi::Result<F
   BnGeometry g;
   auto err = bn_geometry(x.dimensions(), eps, &g);
   if (!err.success()) return err;
-  try {
-    const BnPlan& plan = bn_plan_for(true, g);
-    dnnl::engine& eng = engine();
-    thread_local dnnl::stream stream(eng);
-    thread_local Scratch scratch_buffer;
-    auto d = g.data();
-    auto v = g.vec();
-    dnnl::memory scratch(plan.scratch, eng, scratch_buffer.get(plan.scratch.get_size()));
-    plan.bn.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(d, eng, x.typed_data())},
-                             {DNNL_ARG_DIFF_DST, dnnl::memory(d, eng, dy.typed_data())},
-                             {DNNL_ARG_MEAN, dnnl::memory(v, eng, mean.typed_data())},
-                             {DNNL_ARG_VARIANCE, dnnl::memory(v, eng, var.typed_data())},
-                             {DNNL_ARG_SCALE, dnnl::memory(v, eng, scale.typed_data())},
-                             {DNNL_ARG_DIFF_SRC, dnnl::memory(d, eng, dx->typed_data())},
-                             {DNNL_ARG_DIFF_SCALE, dnnl::memory(v, eng, dscale->typed_data())},
-                             {DNNL_ARG_DIFF_SHIFT, dnnl::memory(v, eng, dshift->typed_data())},
-                             {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal,
-                      std::string("oneDNN batch norm ") + g.key("bwd") + ": " + e.what());
-  }
-  return ffi::Error::Success();
+  return run_bn(true, g,
+                {{DNNL_ARG_SRC, x.typed_data()},
+                 {DNNL_ARG_DIFF_DST, dy.typed_data()},
+                 {DNNL_ARG_DIFF_SRC, dx->typed_data()}},
+                {{DNNL_ARG_MEAN, mean.typed_data()},
+                 {DNNL_ARG_VARIANCE, var.typed_data()},
+                 {DNNL_ARG_SCALE, scale.typed_data()},
+                 {DNNL_ARG_DIFF_SCALE, dscale->typed_data()},
+                 {DNNL_ARG_DIFF_SHIFT, dshift->typed_data()}});
 }
 
 }  // namespace
